@@ -320,25 +320,26 @@ SCHEDULERS["sgm_uniform"].__doc__ = "Like normal, without the last timestep (sgm
 
 # A1111's display names for schedulers ("Automatic" means the sampler's own default: normal).
 A1111_SCHEDULER_ALIASES: dict[str, str] = {
-    "automatic": "normal",
-    "uniform": "normal",
-    "karras": "karras",
-    "exponential": "exponential",
-    "polyexponential": "polyexponential",
-    "sgm uniform": "sgm_uniform",
-    "kl optimal": "kl_optimal",
-    "simple": "simple",
-    "normal": "normal",
-    "ddim": "ddim_uniform",
-    "beta": "beta",
+    "Automatic": "normal",
+    "Uniform": "normal",
+    "Karras": "karras",
+    "Exponential": "exponential",
+    "Polyexponential": "polyexponential",
+    "SGM Uniform": "sgm_uniform",
+    "KL Optimal": "kl_optimal",
+    "Simple": "simple",
+    "Normal": "normal",
+    "DDIM": "ddim_uniform",
+    "Beta": "beta",
 }
+_A1111_LOWER = {k.lower(): v for k, v in A1111_SCHEDULER_ALIASES.items()}
 
 
 def resolve_scheduler(name: str) -> str:
     """Canonical scheduler name for a ComfyUI name or an A1111 display name."""
     if name in SCHEDULERS:
         return name
-    alias = A1111_SCHEDULER_ALIASES.get(name.strip().lower())
+    alias = _A1111_LOWER.get(name.strip().lower()) if isinstance(name, str) else None
     if alias is None:
         valid = ", ".join(sorted(SCHEDULERS))
         raise ValueError(f"unknown scheduler {name!r}; valid: {valid}")
