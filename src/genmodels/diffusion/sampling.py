@@ -1,0 +1,104 @@
+"""One call from a denoiser to samples: name -> sampler, name -> sigmas, seeded noise.
+
+    x0 = sample(denoiser, (4, 4, 64, 64), sampler="DPM++ 2M Karras", steps=20, seeds=42)
+
+Samplers stay stateless functions; this module only wires up what a UI would: the schedule
+from a scheduler name (or the scheduler an A1111 name implies), the initial noise and the
+per-step noise from per-sample CPU generators (seed, seed+1, ...), so a batch of N equals N
+single runs with the same seeds on any device.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .noise import BrownianTreeNoiseSampler, SeededNoiseSampler
+from .samplers.registry import SAMPLER_INFO, get_sampler, resolve_sampler
+from .schedules import SigmaModel, compute_sigmas
+
+__all__ = ["sample", "sampler_sigmas"]
+
+# Second-order samplers whose last step to sigma=0 is wasted: both A1111
+# ("discard_next_to_last_sigma") and ComfyUI schedule one step more and drop the penultimate
+# sigma. ComfyUI does the same for UniPC.
+DISCARD_PENULTIMATE = frozenset({"dpm_2", "dpm_2_ancestral", "uni_pc", "uni_pc_bh2"})
+
+
+def sampler_sigmas(
+    model: SigmaModel, sampler: str, scheduler: str | None, steps: int
+) -> tuple[str, Tensor]:
+    """(canonical sampler name, sigmas) for a sampler/scheduler pair as ComfyUI builds them."""
+    name, implied = resolve_sampler(sampler)
+    scheduler = scheduler or implied or "normal"
+    if name in DISCARD_PENULTIMATE:
+        sigmas = compute_sigmas(scheduler, model, steps + 1)
+        return name, torch.cat([sigmas[:-2], sigmas[-1:]])
+    return name, compute_sigmas(scheduler, model, steps)
+
+
+def _accepts(fn: Callable, option: str) -> bool:
+    return option in inspect.signature(fn).parameters
+
+
+@torch.no_grad()
+def sample(
+    denoiser: Callable[..., Tensor],
+    shape: Sequence[int],
+    *,
+    sampler: str = "euler",
+    scheduler: str | None = None,
+    steps: int = 20,
+    sigmas: Tensor | None = None,
+    seeds: int | Sequence[int] = 0,
+    init: Tensor | None = None,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callable[[dict], None] | None = None,
+    disable: bool | None = True,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    **options: Any,
+) -> Tensor:
+    """Sample from ``denoiser`` starting at noise of ``shape`` (B, ...).
+
+    ``sigmas`` overrides ``scheduler``/``steps``. ``init`` (same shape) is added to the scaled
+    noise, which is how img2img starts from a partially noised image when ``sigmas[0]`` is
+    below the model's sigma_max. Sampler options (eta, s_noise, s_churn, order, ...) pass
+    through ``options``.
+    """
+    name, _ = resolve_sampler(sampler)
+    fn = get_sampler(name)
+    if sigmas is None:
+        name, sigmas = sampler_sigmas(denoiser, sampler, scheduler, steps)
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float32, device=device)
+    shape = tuple(shape)
+    if init is not None and tuple(init.shape) != shape:
+        raise ValueError(f"init has shape {tuple(init.shape)}, expected {shape}")
+
+    # one CPU generator per sample: its first draw is the initial noise, later draws the
+    # sampler's step noise (as A1111 continues its per-image generators)
+    noise = SeededNoiseSampler(torch.empty(shape, device=device, dtype=dtype), seeds)
+    x = noise() * sigmas[0]
+    if init is not None:
+        x = x + init.to(device=device, dtype=dtype)
+
+    info = SAMPLER_INFO.get(name)
+    if _accepts(fn, "noise_sampler") and "noise_sampler" not in options:
+        if info is not None and info.kind == "sde":
+            positive = sigmas[sigmas > 0]
+            options["noise_sampler"] = BrownianTreeNoiseSampler(
+                x, positive.min(), positive.max(), seed=noise.seeds
+            )
+        else:
+            options["noise_sampler"] = noise
+    common = dict(extra_args=extra_args, callback=callback, disable=disable)
+    if info is not None and info.uses_sigma_range:
+        positive = sigmas[sigmas > 0]
+        if name == "dpm_fast":
+            options.setdefault("n", len(sigmas) - 1)
+        return fn(denoiser, x, float(positive.min()), float(sigmas[0]), **common, **options)
+    return fn(denoiser, x, sigmas, **common, **options)
