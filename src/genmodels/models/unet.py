@@ -1,0 +1,203 @@
+"""The Stable Diffusion UNet (ldm/sgm ``openaimodel.UNetModel``) with checkpoint-identical names.
+
+Layout (Ho et al. 2020; Dhariwal & Nichol 2021; Rombach et al. 2022): ``input_blocks`` (conv_in,
+then per level ``num_res_blocks`` x [ResBlock, SpatialTransformer?] and a Downsample),
+``middle_block`` (ResBlock, SpatialTransformer, ResBlock), ``output_blocks`` (per level
+``num_res_blocks + 1`` x [ResBlock on the concatenated skip, SpatialTransformer?] and an Upsample)
+and ``out`` (GroupNorm, SiLU, conv). An SD 1.x/2.x/XL ``model.diffusion_model.*`` state dict loads
+with ``strict=True`` once the prefix is stripped.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from genmodels.configs.unet import UNetConfig
+from genmodels.nn.embeddings import timestep_embedding
+from genmodels.nn.normalization import normalization
+from genmodels.nn.resnet import ResBlock, zero_module
+from genmodels.nn.transformer import SpatialTransformer
+from genmodels.nn.updown import Downsample, Upsample
+
+
+class EmbedSequential(nn.Sequential):
+    """ldm ``TimestepEmbedSequential``: ``emb`` goes to ResBlocks, ``context`` to transformers."""
+
+    def forward(self, x: Tensor, emb: Tensor, context: Tensor | None = None) -> Tensor:
+        for layer in self:
+            if isinstance(layer, ResBlock):
+                x = layer(x, emb)
+            elif isinstance(layer, SpatialTransformer):
+                x = layer(x, context)
+            else:
+                x = layer(x)
+        return x
+
+
+class UNetModel(nn.Module):
+    """Denoising UNet: ``forward(x, timesteps, context=None, y=None) -> Tensor`` of x's shape."""
+
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        mc, emb_dim = c.model_channels, 4 * c.model_channels
+        self.time_embed = nn.Sequential(
+            nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+        )
+        self.label_emb: nn.Module | None = None
+        if c.num_classes == "sequential":  # SDXL: MLP on the vector y (pooled text + sizes)
+            self.label_emb = nn.Sequential(
+                nn.Sequential(
+                    nn.Linear(c.adm_in_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+                )
+            )
+        elif isinstance(c.num_classes, int):
+            self.label_emb = nn.Embedding(c.num_classes, emb_dim)
+
+        self.input_blocks = nn.ModuleList(
+            [EmbedSequential(nn.Conv2d(c.in_channels, mc, 3, padding=1))]
+        )
+        skip_chans, ch = [mc], mc  # channels of each input block's output, consumed by the decoder
+        for level, mult in enumerate(c.channel_mult):
+            for _ in range(c.res_blocks(level)):
+                layers: list[nn.Module] = [self._res(ch, mult * mc)]
+                ch = mult * mc
+                if c.has_attention(level):
+                    layers.append(self._attn(ch, c.depth(level), c.self_attn_disabled(level)))
+                self.input_blocks.append(EmbedSequential(*layers))
+                skip_chans.append(ch)
+            if level != c.levels - 1:
+                if c.resblock_updown:
+                    self.input_blocks.append(EmbedSequential(self._res(ch, ch, down=True)))
+                else:
+                    self.input_blocks.append(EmbedSequential(Downsample(ch, c.conv_resample)))
+                skip_chans.append(ch)
+
+        self.middle_block = EmbedSequential(
+            self._res(ch, ch),
+            self._attn(ch, c.middle_depth, c.disable_middle_self_attn),
+            self._res(ch, ch),
+        )
+
+        self.output_blocks = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(c.channel_mult))):
+            for i in range(c.res_blocks(level) + 1):
+                layers = [self._res(ch + skip_chans.pop(), mult * mc)]
+                ch = mult * mc
+                if c.has_attention(level):
+                    layers.append(self._attn(ch, c.depth(level), c.self_attn_disabled(level)))
+                if level and i == c.res_blocks(level):
+                    if c.resblock_updown:
+                        layers.append(self._res(ch, ch, up=True))
+                    else:
+                        layers.append(Upsample(ch, c.conv_resample))
+                self.output_blocks.append(EmbedSequential(*layers))
+
+        self.out = nn.Sequential(
+            normalization(ch), nn.SiLU(), zero_module(nn.Conv2d(mc, c.out_channels, 3, padding=1))
+        )
+
+    def _res(self, ch_in: int, ch_out: int, up: bool = False, down: bool = False) -> ResBlock:
+        c = self.config
+        return ResBlock(
+            ch_in, 4 * c.model_channels, c.dropout, ch_out, use_conv=False,
+            use_scale_shift_norm=c.use_scale_shift_norm, up=up, down=down,
+            use_checkpoint=c.use_checkpoint,
+        )  # fmt: skip
+
+    def _attn(self, ch: int, depth: int, disable_self_attn: bool) -> SpatialTransformer:
+        c = self.config
+        n_heads, d_head = c.heads(ch)
+        return SpatialTransformer(
+            ch, n_heads, d_head, depth, c.dropout, c.context_dim, disable_self_attn,
+            c.use_linear_in_transformer, c.upcast_attention, c.use_checkpoint,
+        )  # fmt: skip
+
+    def forward(
+        self,
+        x: Tensor,
+        timesteps: Tensor | float,
+        context: Tensor | None = None,
+        y: Tensor | None = None,
+    ) -> Tensor:
+        """x: (B, in_channels, H, W); timesteps: (B,) or scalar; context: (B, S, context_dim);
+        y: (B, adm_in_channels) for SDXL or (B,) class labels. Returns (B, out_channels, H, W)
+        in x's dtype; the network computes in its parameters' dtype.
+
+        SDXL's ``y`` (sgm's vector conditioning; diffusers' ``text_embeds`` + ``time_ids``) is
+        ``cat([pooled_text (B, 1280), timestep_embedding(time_ids.flatten(), 256).reshape(B, -1)])``
+        with ``time_ids = (orig_h, orig_w, crop_top, crop_left, target_h, target_w)`` (base) or
+        ``(orig_h, orig_w, crop_top, crop_left, aesthetic_score)`` (refiner).
+        """
+        timesteps = self._check_inputs(x, timesteps, context, y)
+        dtype = self.time_embed[0].weight.dtype
+        t_emb = timestep_embedding(timesteps, self.config.model_channels).to(dtype)
+        emb = self.time_embed(t_emb)  # (B, 4 * model_channels)
+        if self.label_emb is not None:
+            emb = emb + self.label_emb(y.to(dtype) if y.is_floating_point() else y)
+        if context is not None:
+            context = context.to(dtype)
+
+        h, hs = x.to(dtype), []
+        for block in self.input_blocks:
+            h = block(h, emb, context)
+            hs.append(h)
+        h = self.middle_block(h, emb, context)
+        for block in self.output_blocks:
+            h = block(torch.cat([h, hs.pop()], dim=1), emb, context)
+        return self.out(h).to(x.dtype)
+
+    def _check_inputs(
+        self, x: Tensor, timesteps: Tensor | float, context: Tensor | None, y: Tensor | None
+    ) -> Tensor:
+        c = self.config
+        factor = 2 ** (c.levels - 1)
+        if x.ndim != 4 or x.shape[1] != c.in_channels:
+            raise ValueError(
+                f"UNetModel: expected x of shape (B, {c.in_channels}, H, W), got {tuple(x.shape)}"
+            )
+        if x.shape[2] % factor or x.shape[3] % factor:
+            raise ValueError(
+                f"UNetModel: spatial size {tuple(x.shape[2:])} must be divisible by {factor} "
+                f"(2^(levels-1) for {c.levels} levels)"
+            )
+        b = x.shape[0]
+        timesteps = torch.as_tensor(timesteps, device=x.device)
+        if timesteps.numel() == 1:
+            timesteps = timesteps.reshape(1).expand(b)
+        if timesteps.shape != (b,):
+            raise ValueError(
+                f"UNetModel: expected timesteps of shape ({b},) or a scalar, "
+                f"got {tuple(timesteps.shape)}"
+            )
+        if c.context_dim is not None:
+            if context is None or context.ndim != 3 or context.shape[0] != b:
+                got = None if context is None else tuple(context.shape)
+                raise ValueError(
+                    f"UNetModel: expected context of shape ({b}, S, {c.context_dim}), got {got}"
+                )
+            if context.shape[2] != c.context_dim:
+                raise ValueError(
+                    f"UNetModel: expected context of shape ({b}, S, {c.context_dim}), "
+                    f"got {tuple(context.shape)}"
+                )
+        elif context is not None:
+            raise ValueError("UNetModel: got a context, but context_dim=None (no cross-attention)")
+        if c.num_classes is None and y is not None:
+            raise ValueError(
+                "UNetModel: got y, but num_classes=None (no class/vector conditioning)"
+            )
+        if c.num_classes == "sequential":
+            if y is None or tuple(y.shape) != (b, c.adm_in_channels):
+                got = None if y is None else tuple(y.shape)
+                raise ValueError(
+                    f"UNetModel: expected y of shape ({b}, {c.adm_in_channels}), got {got}"
+                )
+        elif c.num_classes is not None:
+            if y is None or tuple(y.shape) != (b,) or y.is_floating_point():
+                got = None if y is None else (tuple(y.shape), y.dtype)
+                raise ValueError(
+                    f"UNetModel: expected integer class labels y of shape ({b},), got {got}"
+                )
+        return timesteps
