@@ -16,7 +16,6 @@ Every denoiser also exposes what schedules need (``sigma_min``, ``sigma_max``, `
 
 from __future__ import annotations
 
-import math
 from typing import Any, Protocol
 
 import torch
@@ -230,14 +229,3 @@ class FlowDenoiser(nn.Module):
         x_t = x * one_minus_t
         v = self.model(x_t, t * self.multiplier, **cond)
         return x_t - append_dims(t, x.ndim) * v
-
-
-def model_sigma_range(denoiser: Any) -> tuple[float, float]:
-    """(sigma_min, sigma_max) of a denoiser, with a clear error if it has none."""
-    try:
-        lo, hi = float(denoiser.sigma_min), float(denoiser.sigma_max)
-    except AttributeError as exc:
-        raise ValueError("the denoiser does not define sigma_min / sigma_max") from exc
-    if not (0 < lo < hi) or math.isinf(hi):
-        raise ValueError(f"invalid sigma range ({lo}, {hi})")
-    return lo, hi

@@ -18,18 +18,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import trange
 
+from genmodels.diffusion.denoisers import append_dims  # noqa: F401 (re-exported)
 from genmodels.diffusion.noise import NoiseSampler
 
 Denoiser = Callable[..., Tensor]
 Callback = Callable[[dict[str, Any]], Any]
-
-
-def append_dims(x: Tensor, target_dims: int) -> Tensor:
-    """Append trailing singleton dims to ``x`` until it has ``target_dims`` dims."""
-    extra = target_dims - x.ndim
-    if extra < 0:
-        raise ValueError(f"input has {x.ndim} dims but target_dims is {target_dims}, which is less")
-    return x[(...,) + (None,) * extra]
 
 
 def validate_sigmas(sigmas: Tensor) -> None:
