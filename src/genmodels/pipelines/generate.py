@@ -1,0 +1,377 @@
+"""txt2img, img2img and inpainting with a ``LatentDiffusionPipeline`` (Rombach et al. 2022).
+
+    result = txt2img(pipe, "a cat", steps=20, cfg_scale=7, sampler="DPM++ 2M Karras", seed=1)
+    result.images[0].save("cat.png")
+
+Reproducible: the initial noise and the samplers' noise come from per-image CPU generators
+(seed, seed+1, ...), so a batch of N equals N single runs and the device does not matter.
+
+img2img follows A1111's k-diffusion path: the full schedule for ``steps`` is built and the last
+``t_enc + 1`` steps run, ``t_enc = int(min(strength, 0.999) * steps)``, starting from
+``init_latent + noise * sigmas[steps - t_enc - 1]``; strength 0 skips sampling and returns the
+VAE round trip of the input. Latents of the input image are the posterior mode (A1111 samples
+the posterior with the global RNG, which no seed reproduces).
+
+Inpainting (mask: 1 = repaint, 0 = keep): a 9-channel model gets
+``c_concat = cat([mask, encode(image * (1 - mask))])`` next to the noisy latent (ldm / A1111);
+an ordinary model keeps the masked-out region by blending every x0 estimate with the image
+latent (A1111's CFGDenoiser mask), then the kept pixels are pasted back over the decoded image.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+
+from genmodels.diffusion.denoisers import DiscreteDenoiser
+from genmodels.diffusion.guidance import CFGDenoiser
+from genmodels.diffusion.samplers.registry import resolve_sampler
+from genmodels.diffusion.sampling import sample, sampler_sigmas
+from genmodels.diffusion.schedules import resolve_scheduler
+from genmodels.pipelines.conditioning import SDXLSizeConditioning, text_conditioning
+from genmodels.pipelines.images import load_image, pil_to_tensor, tensor_to_pil
+from genmodels.pipelines.latent_diffusion import LatentDiffusionPipeline
+from genmodels.pipelines.metadata import GenerationParameters
+
+__all__ = [
+    "GenerationResult", "LatentMaskBlend", "decode_latents", "encode_images", "img2img", "inpaint",
+    "resolve_seeds", "sampling_steps", "txt2img",
+]  # fmt: skip
+
+ImageInput = Image.Image | Tensor | str | os.PathLike
+MAX_SEED = 2**32 - 1
+
+
+@dataclass
+class GenerationResult:
+    images: list[Image.Image]
+    pixels: Tensor  # (B, 3, H, W) float32 in [0, 1], on the CPU
+    latents: Tensor  # (B, C, H/f, W/f) final latents (float32)
+    parameters: list[GenerationParameters]  # one per image (its own seed)
+
+
+class LatentMaskBlend(nn.Module):
+    """Denoiser wrapper keeping ``init`` where ``keep`` is 1: D' = keep * init + (1 - keep) * D."""
+
+    def __init__(self, denoiser: Callable[..., Tensor], init: Tensor, keep: Tensor) -> None:
+        super().__init__()
+        self.denoiser, self.init, self.keep = denoiser, init, keep
+
+    def forward(self, x: Tensor, sigma: Tensor, **cond: Any) -> Tensor:
+        return self.keep * self.init + (1 - self.keep) * self.denoiser(x, sigma, **cond)
+
+
+class _ConcatInput(nn.Module):
+    """A 9-channel inpainting UNet called as ``model(x, t, c_concat=..., **cond)``."""
+
+    def __init__(self, unet: nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x: Tensor, t: Tensor, c_concat: Tensor, **cond: Any) -> Tensor:
+        return self.unet(torch.cat([x, c_concat.to(x.dtype)], dim=1), t, **cond)
+
+
+# -- inputs ------------------------------------------------------------------------------------
+
+
+def _size_multiple(pipe: LatentDiffusionPipeline) -> int:
+    unet_factor = 2 ** (len(pipe.unet.config.channel_mult) - 1)
+    return max(8, pipe.vae.downsample_factor * unet_factor)
+
+
+def _check_size(pipe: LatentDiffusionPipeline, width: object, height: object) -> None:
+    m = _size_multiple(pipe)
+    for name, v in (("width", width), ("height", height)):
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0 or v % m:
+            raise ValueError(f"{name} must be a positive multiple of {m} for this model, got {v!r}")
+
+
+def _check_options(steps: object, cfg_scale: object, batch_size: object) -> None:
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not isinstance(cfg_scale, int | float) or cfg_scale < 0:
+        raise ValueError(f"cfg_scale must be a number >= 0, got {cfg_scale!r}")
+
+
+def resolve_seeds(seed: int | None, batch_size: int) -> list[int]:
+    """[seed, seed + 1, ...]; seed None or -1 draws a random one."""
+    if seed is None or seed == -1:
+        seed = random.randint(0, MAX_SEED)
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be an integer in [0, 2**32 - 1] (or -1: random), got {seed!r}")
+    return [seed + i for i in range(batch_size)]
+
+
+def _as_images(image: ImageInput, mode: str, what: str) -> Tensor:
+    """(B, C, H, W) float32 in [0, 1] from a path, a PIL image or a tensor."""
+    if isinstance(image, str | os.PathLike):
+        image = load_image(image, mode)
+    if isinstance(image, Image.Image):
+        return pil_to_tensor(image, mode)[None]
+    if not isinstance(image, Tensor):
+        raise ValueError(f"{what} must be a PIL image, a path or a tensor, got {type(image)}")
+    channels = 3 if mode == "RGB" else 1
+    t = image.detach().float().cpu()
+    t = t[None] if t.ndim == 3 else t[None, None] if t.ndim == 2 else t
+    if t.ndim != 4 or t.shape[1] != channels:
+        raise ValueError(f"{what} tensor must be (B, {channels}, H, W), got {tuple(image.shape)}")
+    return t
+
+
+def _fit_batch(t: Tensor, batch_size: int, what: str) -> Tensor:
+    if t.shape[0] == batch_size:
+        return t
+    if t.shape[0] != 1:
+        raise ValueError(f"{what} has batch {t.shape[0]}, expected 1 or batch_size={batch_size}")
+    return t.expand(batch_size, *t.shape[1:])
+
+
+def _resize(t: Tensor, width: int, height: int) -> Tensor:
+    if t.shape[-2:] == (height, width):
+        return t
+    return F.interpolate(t, size=(height, width), mode="bicubic", antialias=True).clamp(0, 1)
+
+
+def _check_strength(strength: object) -> float:
+    if not isinstance(strength, int | float) or isinstance(strength, bool):
+        raise ValueError(f"strength must be a number in [0, 1], got {strength!r}")
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be in [0, 1], got {strength}")
+    return float(strength)
+
+
+def sampling_steps(steps: int, strength: float | None) -> int:
+    """Steps run for ``strength`` (A1111 img2img: t_enc + 1 with t_enc = int(min(s, 0.999) n))."""
+    if strength is None:
+        return steps
+    return 0 if strength == 0 else int(min(strength, 0.999) * steps) + 1
+
+
+# -- VAE ---------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def encode_images(pipe: LatentDiffusionPipeline, images: Tensor) -> Tensor:
+    """(B, 3, H, W) in [0, 1] -> diffusion latents (posterior mode), float32."""
+    x = (images * 2 - 1).to(device=pipe.device, dtype=pipe.dtype)
+    return pipe.vae.encode_latents(x, sample=False).float()
+
+
+@torch.no_grad()
+def decode_latents(pipe: LatentDiffusionPipeline, latents: Tensor) -> Tensor:
+    """Latents -> (B, 3, H, W) float32 in [0, 1] on the CPU; a reduced-precision decode that
+    overflows (inf/NaN) is redone in float32 (as A1111's automatic VAE upcast)."""
+    vae = pipe.vae
+    dtype = next(vae.parameters()).dtype
+    x = vae.decode_latents(latents.to(dtype))
+    if dtype != torch.float32 and not bool(torch.isfinite(x).all()):
+        vae.float()
+        try:
+            x = vae.decode_latents(latents.float())
+        finally:
+            vae.to(dtype)
+    return ((x.float() + 1) / 2).clamp(0, 1).cpu()
+
+
+# -- core --------------------------------------------------------------------------------------
+
+
+def _inpaint_denoiser(pipe: LatentDiffusionPipeline) -> DiscreteDenoiser:
+    base = pipe.denoiser
+    alphas_cumprod = 1 / (1 + base.sigmas.double() ** 2)
+    wrapped = DiscreteDenoiser(_ConcatInput(pipe.unet), alphas_cumprod, base.prediction)
+    wrapped.quantize = base.quantize
+    return wrapped.to(pipe.device)
+
+
+def _concat_cond(pipe: LatentDiffusionPipeline, images: Tensor, mask: Tensor, shape) -> Tensor:
+    """c_concat = [mask, latent of image * (1 - mask)] at latent resolution (ldm / A1111)."""
+    mask = mask.round()
+    masked = encode_images(pipe, images * (1 - mask) + 0.5 * mask)  # masked pixels: 0 in [-1, 1]
+    latent_mask = F.interpolate(mask, size=shape[-2:]).to(masked)
+    return torch.cat([latent_mask, masked], dim=1)
+
+
+def _run(
+    pipe: LatentDiffusionPipeline, params: GenerationParameters, batch_size: int,
+    callback: Callable[[dict], None] | None, sdxl: SDXLSizeConditioning | None,
+    init: Tensor | None = None, images: Tensor | None = None, mask: Tensor | None = None,
+) -> GenerationResult:  # fmt: skip
+    f = pipe.vae.downsample_factor
+    shape = (batch_size, pipe.vae.config.embed_dim, params.height // f, params.width // f)
+    seeds = resolve_seeds(params.seed, batch_size)
+    cond, uncond = text_conditioning(
+        pipe.text_encoder, pipe.model_type, [params.prompt], [params.negative_prompt],
+        (params.height, params.width), sdxl,
+    )  # fmt: skip
+    cond = {k: v.expand(batch_size, *v.shape[1:]) for k, v in cond.items()}
+    denoiser: Callable[..., Tensor] = pipe.denoiser
+    if pipe.inpainting:
+        if images is None:  # txt2img / img2img with an inpainting model: all to repaint
+            images = torch.full((batch_size, 3, params.height, params.width), 0.5)
+        if mask is None:
+            mask = torch.ones(batch_size, 1, params.height, params.width)
+        cond["c_concat"] = _concat_cond(pipe, images, mask, shape)
+        uncond["c_concat"] = cond["c_concat"]
+        uncond = {k: v.expand(batch_size, *v.shape[1:]) for k, v in uncond.items()}
+        denoiser = _inpaint_denoiser(pipe)
+    name, sigmas = sampler_sigmas(pipe.denoiser, params.sampler, params.scheduler, params.steps)
+    strength = params.denoising_strength
+    if init is not None and strength is not None:
+        if strength == 0.0:  # nothing to denoise: the VAE round trip
+            return _finish(pipe, init, params, seeds, images, mask)
+        n = len(sigmas) - 1
+        sigmas = sigmas[n - sampling_steps(n, strength) :]
+    guided = CFGDenoiser(denoiser, uncond, params.cfg_scale)
+    model: Callable[..., Tensor] = guided
+    keep = None
+    if mask is not None and init is not None and not pipe.inpainting:
+        keep = 1 - F.interpolate(mask, size=shape[-2:], mode="area").round().to(init)
+        model = LatentMaskBlend(guided, init, keep)
+    latents = sample(
+        model, shape, sampler=name, sigmas=sigmas, seeds=seeds, init=init, extra_args=cond,
+        callback=callback, disable=True, device=pipe.device, dtype=torch.float32,
+    )  # fmt: skip
+    if keep is not None:
+        latents = keep * init + (1 - keep) * latents
+    return _finish(pipe, latents, params, seeds, images, mask)
+
+
+def _finish(
+    pipe: LatentDiffusionPipeline, latents: Tensor, params: GenerationParameters,
+    seeds: list[int], images: Tensor | None, mask: Tensor | None,
+) -> GenerationResult:  # fmt: skip
+    pixels = decode_latents(pipe, latents)
+    if mask is not None and images is not None:  # paste the kept pixels back (A1111 overlay)
+        m = mask.round()
+        pixels = m * pixels + (1 - m) * images
+    per_image = [replace(params, seed=s) for s in seeds]
+    return GenerationResult(tensor_to_pil(pixels), pixels, latents.float().cpu(), per_image)
+
+
+def _parameters(
+    pipe: LatentDiffusionPipeline, prompt: object, negative_prompt: object, width: int,
+    height: int, steps: int, cfg_scale: float, sampler: str, scheduler: str | None,
+    seed: int | None, batch_size: int, strength: float | None,
+) -> GenerationParameters:  # fmt: skip
+    for what, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+        if not isinstance(text, str):
+            raise ValueError(f"{what} must be a str, got {type(text).__name__}")
+    _check_size(pipe, width, height)
+    _check_options(steps, cfg_scale, batch_size)
+    name, implied = resolve_sampler(sampler)  # ValueError listing the valid names
+    sched = resolve_scheduler(scheduler) if scheduler else implied or "normal"
+    seed = resolve_seeds(seed, 1)[0]
+    return GenerationParameters(
+        prompt=prompt, negative_prompt=negative_prompt, steps=steps, sampler=name,  # type: ignore[arg-type]
+        scheduler=sched, cfg_scale=float(cfg_scale), seed=seed, width=width, height=height,
+        denoising_strength=strength, model_name=_model_name(pipe),
+    )  # fmt: skip
+
+
+def _model_name(pipe: LatentDiffusionPipeline) -> str | None:
+    source = getattr(pipe.info, "source", None)
+    if not source or source.startswith("build_pipeline("):
+        return None
+    return os.path.splitext(os.path.basename(os.path.normpath(source)))[0]
+
+
+# -- public ------------------------------------------------------------------------------------
+
+
+def txt2img(
+    pipe: LatentDiffusionPipeline,
+    prompt: str,
+    negative_prompt: str = "",
+    width: int = 512,
+    height: int = 512,
+    steps: int = 20,
+    cfg_scale: float = 7.0,
+    sampler: str = "euler",
+    scheduler: str | None = None,
+    seed: int | None = 0,
+    batch_size: int = 1,
+    callback: Callable[[dict], None] | None = None,
+    sdxl: SDXLSizeConditioning | None = None,
+) -> GenerationResult:
+    """Images from noise; image i uses seed ``seed + i`` (seed None or -1: random)."""
+    p = _parameters(pipe, prompt, negative_prompt, width, height, steps, cfg_scale, sampler,
+                    scheduler, seed, batch_size, None)  # fmt: skip
+    return _run(pipe, p, batch_size, callback, sdxl)
+
+
+def img2img(
+    pipe: LatentDiffusionPipeline,
+    image: ImageInput,
+    prompt: str,
+    strength: float = 0.75,
+    negative_prompt: str = "",
+    width: int | None = None,
+    height: int | None = None,
+    steps: int = 20,
+    cfg_scale: float = 7.0,
+    sampler: str = "euler",
+    scheduler: str | None = None,
+    seed: int | None = 0,
+    batch_size: int = 1,
+    callback: Callable[[dict], None] | None = None,
+    sdxl: SDXLSizeConditioning | None = None,
+) -> GenerationResult:
+    """Re-noise ``image`` to ``strength`` of the schedule and denoise it (A1111 semantics).
+
+    ``width`` / ``height`` default to the image's size; otherwise the image is resized."""
+    strength = _check_strength(strength)
+    images = _as_images(image, "RGB", "image")
+    width, height = width or images.shape[-1], height or images.shape[-2]
+    p = _parameters(pipe, prompt, negative_prompt, width, height, steps, cfg_scale, sampler,
+                    scheduler, seed, batch_size, strength)  # fmt: skip
+    images = _fit_batch(_resize(images, width, height), batch_size, "image")
+    init = encode_images(pipe, images)
+    return _run(pipe, p, batch_size, callback, sdxl, init=init)
+
+
+def inpaint(
+    pipe: LatentDiffusionPipeline,
+    image: ImageInput,
+    mask: ImageInput,
+    prompt: str,
+    strength: float = 1.0,
+    negative_prompt: str = "",
+    steps: int = 20,
+    cfg_scale: float = 7.0,
+    sampler: str = "euler",
+    scheduler: str | None = None,
+    seed: int | None = 0,
+    batch_size: int = 1,
+    callback: Callable[[dict], None] | None = None,
+    sdxl: SDXLSizeConditioning | None = None,
+) -> GenerationResult:
+    """Repaint where ``mask`` is 1 (white), keep where it is 0; output at the image's size.
+
+    The mask (rounded to 0/1) must have the image's size."""
+    strength = _check_strength(strength)
+    images = _as_images(image, "RGB", "image")
+    masks = _as_images(mask, "L", "mask")
+    if masks.shape[-2:] != images.shape[-2:]:
+        raise ValueError(
+            f"mask size {tuple(masks.shape[-2:][::-1])} (WxH) differs from the image size "
+            f"{tuple(images.shape[-2:][::-1])}"
+        )
+    height, width = images.shape[-2:]
+    p = _parameters(pipe, prompt, negative_prompt, width, height, steps, cfg_scale, sampler,
+                    scheduler, seed, batch_size, strength)  # fmt: skip
+    images = _fit_batch(images, batch_size, "image")
+    masks = _fit_batch(masks, batch_size, "mask").round()
+    init = encode_images(pipe, images)
+    return _run(pipe, p, batch_size, callback, sdxl, init=init, images=images, mask=masks)
