@@ -1,0 +1,228 @@
+"""Reading and writing diffusers Stable Diffusion folders as LDM/sgm state dicts.
+
+A folder holds ``model_index.json``, ``unet/``, ``vae/``, ``text_encoder/`` (HF CLIP-L for
+SD 1.x / XL, OpenCLIP-H in HF layout for SD 2.x), ``text_encoder_2/`` (XL: bigG with projection),
+``tokenizer(_2)/`` and ``scheduler/``. Reading converts every component to the single-file LDM
+keys (``checkpoints.diffusers_unet`` / ``diffusers_vae`` / ``openclip_keys``); writing does the
+reverse. Tensors a diffusers folder has no place for (e.g. SD 2's ``text_projection`` and
+``logit_scale``, EMA weights, marker keys) go to ``genmodels_extra.safetensors`` at the top, which
+diffusers ignores, so LDM -> diffusers -> LDM is lossless.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from torch import Tensor
+
+from genmodels.checkpoints.components import (
+    TEXT_PREFIXES,
+    Components,
+    join_checkpoint,
+    split_checkpoint,
+)
+from genmodels.checkpoints.detect import ModelSpec, check_prediction, text_config_for
+from genmodels.checkpoints.diffusers_configs import (
+    DIFFUSERS_VERSION,
+    prediction_from_scheduler,
+    scheduler_config,
+    text_config_from_hf,
+    text_config_to_hf,
+    unet_config_to_diffusers,
+    vae_config_from_diffusers,
+    vae_config_to_diffusers,
+)
+from genmodels.checkpoints.diffusers_unet import (
+    diffusers_to_ldm_unet,
+    ldm_to_diffusers_unet,
+    unet_config_from_diffusers,
+)
+from genmodels.checkpoints.diffusers_vae import diffusers_vae_to_ldm, ldm_vae_to_diffusers
+from genmodels.checkpoints.io import (
+    CheckpointError,
+    load_state_dict,
+    read_json,
+    save_state_dict,
+    write_json,
+)
+from genmodels.models.text.tokenizer import build_vocab, load_merges
+
+StateDict = dict[str, Tensor]
+EXTRA_FILE = "genmodels_extra.safetensors"
+_WEIGHT_NAMES = ("diffusion_pytorch_model", "model")
+_PIPELINE_CLASS = {
+    "sd1": "StableDiffusionPipeline",
+    "sd2": "StableDiffusionPipeline",
+    "sdxl-base": "StableDiffusionXLPipeline",
+    "sdxl-refiner": "StableDiffusionXLImg2ImgPipeline",
+}
+# diffusers folder names of each family's text encoders (in embedder order).
+_TEXT_FOLDERS = {
+    "sd1": ("text_encoder",),
+    "sd2": ("text_encoder",),
+    "sdxl-base": ("text_encoder", "text_encoder_2"),
+    "sdxl-refiner": ("text_encoder_2",),
+}
+
+
+def is_diffusers_folder(path: Path) -> bool:
+    return path.is_dir() and ((path / "model_index.json").is_file() or (path / "unet").is_dir())
+
+
+def find_component_weights(folder: Path) -> StateDict:
+    """The tensors of one component folder (safetensors preferred; fp16 variants; shards)."""
+    for stem in _WEIGHT_NAMES:
+        for variant in ("", ".fp16"):
+            for ext in (".safetensors", ".bin"):
+                path = folder / f"{stem}{variant}{ext}"
+                if path.is_file():
+                    return load_state_dict(path)
+                index = folder / f"{stem}{variant}{ext}.index.json"
+                if index.is_file():
+                    shards = sorted(set(read_json(index).get("weight_map", {}).values()))
+                    out: StateDict = {}
+                    for shard in shards:
+                        out.update(load_state_dict(folder / shard))
+                    return out
+    raise CheckpointError(f"{folder}: no weights file (diffusion_pytorch_model / model)")
+
+
+def _family(root: Path) -> str:
+    has1, has2 = (root / "text_encoder").is_dir(), (root / "text_encoder_2").is_dir()
+    if has1 and has2:
+        return "sdxl-base"
+    if has2:
+        return "sdxl-refiner"
+    if has1:
+        act = read_json(root / "text_encoder" / "config.json").get("hidden_act")
+        return "sd2" if act == "gelu" else "sd1"
+    unet = read_json(root / "unet" / "config.json")
+    if unet.get("addition_embed_type") == "text_time":
+        dim = unet.get("projection_class_embeddings_input_dim")
+        return "sdxl-refiner" if dim == 2560 else "sdxl-base"
+    return "sd2" if unet.get("cross_attention_dim") == 1024 else "sd1"
+
+
+def _hf_text_keys(sd: StateDict) -> StateDict:
+    """transformers 5 saves CLIPTextModel without the ``text_model.`` prefix: add it back."""
+    return {
+        k if k.startswith("text_model.") or k == "text_projection.weight" else "text_model." + k: v
+        for k, v in sd.items()
+    }
+
+
+def read_diffusers_folder(
+    root: str | Path, prediction: str | None = None
+) -> tuple[StateDict, ModelSpec]:
+    """Full LDM/sgm state dict and ModelSpec of a diffusers SD folder."""
+    root = Path(root)
+    check_prediction(prediction)
+    if not is_diffusers_folder(root):
+        raise CheckpointError(f"{root}: not a diffusers folder (no model_index.json or unet/)")
+    family = _family(root)
+    unet_cfg = unet_config_from_diffusers(read_json(root / "unet" / "config.json"))
+    parts = Components(unet=diffusers_to_ldm_unet(find_component_weights(root / "unet"), unet_cfg))
+    vae_cfg = None
+    if (root / "vae").is_dir():
+        vae_cfg = vae_config_from_diffusers(read_json(root / "vae" / "config.json"), family)
+        parts.vae = diffusers_vae_to_ldm(find_component_weights(root / "vae"))
+    texts = []
+    for name in _TEXT_FOLDERS[family]:
+        if not (root / name).is_dir():
+            break
+        texts.append(read_json(root / name / "config.json"))
+        parts.text.append(_hf_text_keys(find_component_weights(root / name)))
+    if len(texts) < len(_TEXT_FOLDERS[family]):
+        parts.text, texts = [], []
+    if (root / EXTRA_FILE).is_file():
+        parts.unused = load_state_dict(root / EXTRA_FILE)
+    full = join_checkpoint(parts, family)
+    # The projection comes back from the extra file for SD 2 (whose HF text_encoder has none);
+    # its width is read off the weight (SD 2's config.json says 512 for a 1024-wide projection).
+    projections = [t.get("text_projection.weight") for t in split_checkpoint(full, family).text]
+    configs = [
+        replace(text_config_from_hf(cfg, True), projection_dim=None if p is None else p.shape[0])
+        for cfg, p in zip(texts, projections)
+    ]
+    pred, ztsnr, source = "eps", False, "default (no scheduler config)"
+    sched = root / "scheduler" / "scheduler_config.json"
+    if sched.is_file():
+        (pred, ztsnr), source = prediction_from_scheduler(read_json(sched)), "scheduler config"
+    if prediction is not None:
+        pred, source = prediction, "override"
+    spec = ModelSpec(
+        family, replace(unet_cfg, prediction_type=pred), vae_cfg,
+        text_config_for(family, configs or None), pred, source, ztsnr,
+        any(k.startswith("model_ema.") for k in parts.unused), "diffusers",
+    )  # fmt: skip
+    return full, spec
+
+
+def _write_tokenizer(folder: Path, pad_token_id: int) -> None:
+    """vocab.json / merges.txt from the BPE file shipped with genmodels (CLIP's vocabulary)."""
+    merges = load_merges()
+    vocab = build_vocab(merges)
+    pad = {v: k for k, v in vocab.items()}[pad_token_id]
+    write_json(folder / "vocab.json", vocab)
+    text = "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges)
+    (folder / "merges.txt").write_text(text, encoding="utf-8")
+    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
+               "pad_token": pad, "unk_token": "<|endoftext|>"}  # fmt: skip
+    write_json(folder / "special_tokens_map.json", special)
+    write_json(folder / "tokenizer_config.json", {
+        **special, "do_lower_case": True, "model_max_length": 77,
+        "tokenizer_class": "CLIPTokenizer", "errors": "replace",
+    })  # fmt: skip
+
+
+def write_diffusers_folder(sd: dict[str, Tensor], spec: ModelSpec, root: str | Path) -> None:
+    """Write an LDM/sgm state dict (full keys) with its ModelSpec as a diffusers folder."""
+    root = Path(root)
+    if root.exists() and any(root.iterdir()):
+        raise ValueError(f"{root}: destination folder exists and is not empty")
+    parts = split_checkpoint(sd, spec.family)
+    index: dict[str, object] = {
+        "_class_name": _PIPELINE_CLASS[spec.family],
+        "_diffusers_version": DIFFUSERS_VERSION,
+        "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+    }
+    write_json(root / "unet" / "config.json", unet_config_to_diffusers(spec.unet))
+    save_state_dict(ldm_to_diffusers_unet(parts.unet, spec.unet),
+                    root / "unet" / "diffusion_pytorch_model.safetensors")  # fmt: skip
+    if parts.vae:
+        if spec.vae is None:
+            raise ValueError("write_diffusers_folder: VAE tensors but no VAE config")
+        write_json(root / "vae" / "config.json", vae_config_to_diffusers(spec.vae))
+        save_state_dict(ldm_vae_to_diffusers(parts.vae),
+                        root / "vae" / "diffusion_pytorch_model.safetensors")  # fmt: skip
+        index["vae"] = ["diffusers", "AutoencoderKL"]
+    prefixes = TEXT_PREFIXES[spec.family]
+    for name, emb, text, (prefix, layout) in zip(
+        _TEXT_FOLDERS[spec.family], spec.text.embedders, parts.text, prefixes
+    ):
+        if not text:
+            continue
+        cls = "CLIPTextModelWithProjection" if emb.with_pooled else "CLIPTextModel"
+        if not emb.with_pooled and "text_projection.weight" in text:  # SD 2: no place in HF
+            text = dict(text)
+            proj = text.pop("text_projection.weight")  # (P, D); OpenCLIP stores (D, P)
+            if layout == "openclip":
+                parts.unused[prefix + "text_projection"] = proj.t()
+            else:
+                parts.unused[prefix + "text_projection.weight"] = proj
+        write_json(root / name / "config.json", text_config_to_hf(emb.text, emb.with_pooled))
+        save_state_dict(text, root / name / "model.safetensors", {"format": "pt"})
+        tok = "tokenizer" + name[len("text_encoder") :]
+        _write_tokenizer(root / tok, emb.pad_token_id)
+        index[name] = ["transformers", cls]
+        index[tok] = ["transformers", "CLIPTokenizer"]
+    write_json(root / "scheduler" / "scheduler_config.json",
+               scheduler_config(spec.prediction, spec.zero_terminal_snr))  # fmt: skip
+    if parts.unused:
+        save_state_dict(parts.unused, root / EXTRA_FILE)
+    if spec.family in ("sd1", "sd2"):
+        index.update(safety_checker=[None, None], feature_extractor=[None, None],
+                     requires_safety_checker=False)  # fmt: skip
+    write_json(root / "model_index.json", index)

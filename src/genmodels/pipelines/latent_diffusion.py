@@ -1,0 +1,113 @@
+"""The latent diffusion pipeline container (Rombach et al. 2022): the loaded parts of one SD model.
+
+It only holds components; what is done with them (txt2img, img2img, inpainting) lives in
+separate modules that take a ``LatentDiffusionPipeline``. ``genmodels.load_pipeline`` builds one
+from any checkpoint.
+
+* ``unet``: the raw network ``unet(x, t, context=..., y=...)``.
+* ``denoiser``: the same network as a denoiser ``denoiser(x, sigma, context=..., y=...) -> x0``
+  (``DiscreteDenoiser`` with the model's prediction type and DDPM schedule); samplers use this.
+* ``vae``: ``encode_latents`` / ``decode_latents`` apply ``scale_factor`` (and ``shift_factor``).
+* ``text_encoder``: prompts -> ``TextConditioning(context, pooled)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from genmodels.diffusion.denoisers import DiscreteDenoiser
+from genmodels.models.autoencoder_kl import AutoencoderKL
+from genmodels.models.text.encoders import TextEncoder
+from genmodels.models.unet import UNetModel
+
+if TYPE_CHECKING:
+    from genmodels.pipelines.generate import GenerationResult
+
+
+@dataclass
+class LoadInfo:
+    """What ``load_pipeline`` found and did (printed by ``genmodels info``)."""
+
+    source: str
+    source_format: str  # "ldm" | "genmodels" | "diffusers"
+    description: str  # e.g. "Stable Diffusion 2.x inpainting"
+    unet_preset: str | None
+    prediction_source: str
+    source_dtypes: dict[str, int] = field(default_factory=dict)  # dtype name -> tensor count
+    parameters: dict[str, int] = field(default_factory=dict)  # component -> parameter count
+    unused_keys: list[str] = field(default_factory=list)
+    missing_keys: list[str] = field(default_factory=list)
+    has_ema: bool = False
+    used_ema: bool = False
+    vae_source: str | None = None  # a separate VAE file given with vae=
+
+
+@dataclass
+class LatentDiffusionPipeline:
+    """UNet + VAE + text encoder(s) + denoiser of one latent diffusion model."""
+
+    unet: UNetModel
+    vae: AutoencoderKL
+    text_encoder: TextEncoder
+    denoiser: DiscreteDenoiser
+    model_type: str  # "sd1" | "sd2" | "sdxl-base" | "sdxl-refiner"
+    prediction: str  # "eps" | "v"
+    dtype: torch.dtype
+    device: torch.device
+    info: LoadInfo
+    zero_terminal_snr: bool = False
+
+    @property
+    def scale_factor(self) -> float:
+        """Latent scaling of the VAE (0.18215 for SD 1.x/2.x, 0.13025 for SDXL)."""
+        return self.vae.config.scale_factor
+
+    @property
+    def inpainting(self) -> bool:
+        """A 9-channel UNet: noisy latent + masked-image latent + mask."""
+        return self.unet.config.in_channels == 9
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.model_type.startswith("sdxl")
+
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> LatentDiffusionPipeline:
+        """Move every component (in place) and return self. The denoiser's sigma table stays
+        fp32 whatever ``dtype`` is."""
+        device = torch.device(device) if device is not None else self.device
+        dtype = dtype or self.dtype
+        for module in (self.unet, self.vae, self.text_encoder):
+            module.to(device=device, dtype=dtype)
+        self.denoiser.to(device=device)
+        self.device, self.dtype = device, dtype
+        return self
+
+    def eval(self) -> LatentDiffusionPipeline:
+        for module in (self.unet, self.vae, self.text_encoder, self.denoiser):
+            module.eval()
+        return self
+
+    # Generation lives in genmodels.pipelines.generate (functions over this container); these
+    # are the methods users of diffusers/A1111 reach for.
+    def txt2img(self, prompt: str, **kwargs: Any) -> GenerationResult:
+        """See :func:`genmodels.pipelines.generate.txt2img`."""
+        from genmodels.pipelines.generate import txt2img
+
+        return txt2img(self, prompt, **kwargs)
+
+    def img2img(self, image: Any, prompt: str, **kwargs: Any) -> GenerationResult:
+        """See :func:`genmodels.pipelines.generate.img2img`."""
+        from genmodels.pipelines.generate import img2img
+
+        return img2img(self, image, prompt, **kwargs)
+
+    def inpaint(self, image: Any, mask: Any, prompt: str, **kwargs: Any) -> GenerationResult:
+        """See :func:`genmodels.pipelines.generate.inpaint`."""
+        from genmodels.pipelines.generate import inpaint
+
+        return inpaint(self, image, mask, prompt, **kwargs)
