@@ -1,0 +1,1 @@
+"""Sample-quality metrics: classifier accuracy and Fréchet distance in a classifier's features."""

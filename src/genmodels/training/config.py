@@ -1,0 +1,288 @@
+"""Typed training configuration; YAML is only its serialisation.
+
+    cfg = load_config("run.yaml", ["optim.lr=1e-4", "steps=2000"])
+
+Every section is a dataclass. Loading checks each key against the dataclass fields and each
+value against the field's type, so a typo or a wrong type fails at once with a message naming
+the dotted key (``optim.lrr: unknown key; valid keys: ...``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from genmodels.configs.unet import UNetConfig
+
+__all__ = [
+    "DataConfig",
+    "EMAConfig",
+    "ObjectiveConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "config_to_dict",
+    "dump_config",
+    "load_config",
+]
+
+
+# A small class-conditional pixel UNet for 1-channel images (10 classes + the CFG null class).
+DEFAULT_UNET = UNetConfig(
+    in_channels=1,
+    out_channels=1,
+    model_channels=32,
+    channel_mult=(1, 2),
+    num_res_blocks=1,
+    attention_resolutions=(),
+    num_head_channels=32,
+    num_classes=11,
+    use_scale_shift_norm=True,
+)
+
+
+@dataclass
+class DataConfig:
+    """Where images come from: ``digits``, ``emoji`` or an image ``folder`` at ``path``."""
+
+    dataset: Literal["digits", "emoji", "folder"] = "digits"
+    path: str | None = None
+    size: int = 16
+    batch_size: int = 64  # global batch per optimiser step (split over ranks and micro-batches)
+    num_workers: int = 0
+    crop: Literal["center", "random"] = "center"
+    random_flip: bool = False
+
+
+@dataclass
+class ObjectiveConfig:
+    """Diffusion objective: DDPM ``eps`` / ``v``, ``edm`` or ``flow`` matching."""
+
+    kind: Literal["eps", "v", "edm", "flow"] = "edm"
+    beta_schedule: str = "linear"
+    num_timesteps: int = 1000
+    linear_start: float = 1e-4
+    linear_end: float = 2e-2
+    min_snr_gamma: float | None = None
+    sigma_data: float = 0.5
+    p_mean: float = -1.2
+    p_std: float = 1.2
+    cond_drop_prob: float = 0.1  # CFG dropout: labels replaced by the null class
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and the LR schedule (``constant``, ``cosine`` with warm-up, LDM ``lambda_linear``)."""
+
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    grad_clip: float | None = 1.0
+    grad_accum: int = 1
+    schedule: Literal["constant", "cosine", "lambda_linear"] = "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    # LDM LambdaLinearScheduler (one cycle): f_start -> f_max over warm-up, then linear to f_min
+    f_start: float = 1e-6
+    f_max: float = 1.0
+    f_min: float = 1.0
+    cycle_length: int = 10_000_000_000_000
+
+
+@dataclass
+class EMAConfig:
+    """EMA of the weights: k-diffusion ``power`` warm-up or LitEma (``litema``)."""
+
+    enabled: bool = True
+    kind: Literal["power", "litema"] = "power"
+    power: float = 2 / 3
+    inv_gamma: float = 1.0
+    min_value: float = 0.0
+    max_value: float = 0.9999
+    start_at: int = 0
+    decay: float = 0.9999  # litema's cap
+
+
+@dataclass
+class TrainConfig:
+    """A whole training run."""
+
+    model: UNetConfig = field(default_factory=lambda: DEFAULT_UNET)
+    data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    steps: int = 1000
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    out_dir: str = "runs/default"
+    log_every: int = 10
+    ckpt_every: int = 0  # 0: only at the end
+    keep_last: int = 2
+    sample_every: int = 0  # 0: no periodic grids
+    sample_steps: int = 20
+    guidance_scale: float = 1.0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.optim.grad_accum < 1:
+            raise ValueError(f"optim.grad_accum must be >= 1, got {self.optim.grad_accum}")
+        if self.data.batch_size % self.optim.grad_accum:
+            raise ValueError(
+                f"data.batch_size={self.data.batch_size} must be divisible by "
+                f"optim.grad_accum={self.optim.grad_accum}"
+            )
+        if not 0.0 <= self.objective.cond_drop_prob < 1.0:
+            raise ValueError("objective.cond_drop_prob must be in [0, 1)")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """``value`` checked against the type hint ``tp`` (YAML lists become tuples)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, key)
+            except ValueError as exc:
+                errors.append(str(exc))
+        raise ValueError(f"{key}: {value!r} does not match {_type_name(tp)}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ValueError(f"{key}: {value!r} is not one of {list(typing.get_args(tp))}")
+        return value
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{key}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise ValueError(f"{key}: expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if tp is type(None):
+        if value is not None:
+            raise ValueError(f"{key}: expected null, got {value!r}")
+        return None
+    if dataclasses.is_dataclass(tp):
+        return config_from_dict(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ValueError(f"{key}: unsupported config type {_type_name(tp)}")
+
+
+def config_from_dict(cls: type, data: Any, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict, checking keys and types."""
+    where = prefix or "config"
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise ValueError(f"{dotted}: unknown key; valid keys: {', '.join(names)}")
+        kwargs[key] = _coerce(value, hints[key], dotted)
+    return cls(**kwargs)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists) for YAML."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(cfg)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings (values parsed as YAML) to a nested dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key=value (e.g. optim.lr=1e-4)")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw else ""
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"{key}: {part} is not a section")
+        node[parts[-1]] = value
+    return data
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def load_config(
+    path: str | Path | None,
+    overrides: list[str] | None = None,
+    base: TrainConfig | None = None,
+) -> TrainConfig:
+    """Read a YAML config over ``base`` (default: ``TrainConfig()``), then apply overrides.
+
+    Sections merge key by key, so a file may give only the keys it changes.
+    """
+    data = config_to_dict(base if base is not None else TrainConfig())
+    if path is not None:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping at the top level")
+        _merge(data, loaded)
+    data = apply_overrides(data, list(overrides or []))
+    return config_from_dict(TrainConfig, data)
+
+
+def dump_config(cfg: TrainConfig, path: str | Path | None = None) -> str:
+    """YAML text of ``cfg`` (written to ``path`` if given)."""
+    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    if path is not None:
+        Path(path).write_text(text)
+    return text

@@ -1,0 +1,227 @@
+"""The training loop: one explicit loop for pixel diffusion, from one CPU to many GPUs.
+
+    trainer = Trainer(cfg); trainer.resume(); trainer.fit()
+
+Per optimiser step k: the global batch k (``batch_indices``) and its randomness (a generator
+seeded with (seed, k)) are pure functions of k, so resume and DDP reproduce single-process,
+uninterrupted runs. Each rank takes its rows of the global batch, split into ``grad_accum``
+micro-batches (DDP syncs gradients on the last one only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from genmodels.data.builtin import build_dataset
+from genmodels.data.tensor_dataset import batch_indices
+from genmodels.models.unet import UNetModel
+
+from .checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng
+from .checkpoint import save_checkpoint as write_checkpoint
+from .config import TrainConfig, dump_config
+from .distributed import DistInfo, all_reduce_mean, init_distributed, wrap_model
+from .ema import EMA
+from .images import save_grid
+from .logging import RunLogger
+from .lr_schedules import make_scheduler
+from .objectives import Objective, build_denoiser, build_loss, null_label
+from .sampling import sample_labels
+
+__all__ = ["Trainer"]
+
+_AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Trainer:
+    """Owns the model, EMA, optimiser, LR schedule, data order and checkpoints of a run."""
+
+    def __init__(self, cfg: TrainConfig, dataset: Any = None, dist: DistInfo | None = None):
+        self.cfg = cfg
+        self.dist = dist or init_distributed(cfg.device)
+        self.device = self.dist.device
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        self.model = UNetModel(cfg.model).to(self.device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema = EMA(self.model, cfg.ema) if cfg.ema.enabled else None
+        self.train_model = wrap_model(self.model, self.dist)
+        denoiser = build_denoiser(self.train_model, cfg.objective)
+        self.null = null_label(cfg.model.num_classes)
+        self.objective = Objective(
+            denoiser, build_loss(denoiser, cfg.objective), self.null, cfg.objective.cond_drop_prob
+        )
+        o = cfg.optim
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay
+        )
+        self.scheduler = make_scheduler(self.optimizer, o, cfg.steps)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
+        self.dataset = dataset if dataset is not None else self._build_dataset()
+        self.sample_shape = tuple(self.dataset[0][0].shape)  # (C, H, W)
+        workers = cfg.data.num_workers
+        self._pool = ThreadPoolExecutor(workers) if workers > 0 else None
+        self.step = 0
+        self.out_dir = Path(cfg.out_dir)
+        if self.dist.world_size > 1 and cfg.data.batch_size % (self.dist.world_size * o.grad_accum):
+            raise ValueError(
+                f"data.batch_size={cfg.data.batch_size} must be divisible by world size "
+                f"{self.dist.world_size} x optim.grad_accum={o.grad_accum}"
+            )
+
+    def _build_dataset(self) -> Any:
+        d = self.cfg.data
+        return build_dataset(d.dataset, size=d.size, path=d.path, crop=d.crop, flip=d.random_flip)
+
+    # ---- one optimiser step -------------------------------------------------------------
+
+    def _load(self, indices: Tensor) -> tuple[Tensor, Tensor | None]:
+        if hasattr(self.dataset, "batch"):  # in memory
+            x, y = self.dataset.batch(indices)
+        else:  # decoded per item (in a thread pool); augmentation seeded by (seed, step, index)
+            base = (self.cfg.seed * 1_000_003 + self.step) * 1_000_003
+            keys = [(int(i), base + int(i)) for i in indices]
+            if self._pool is not None:
+                items = list(self._pool.map(self.dataset.__getitem__, keys))
+            else:
+                items = [self.dataset[key] for key in keys]
+            x = torch.stack([it[0] for it in items])
+            y = torch.tensor([it[1] for it in items], dtype=torch.long)
+            y = y if self.null is not None else None  # unconditional model: no labels
+        x = x.to(self.device, non_blocking=True)
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, None if y is None else y.to(self.device)
+
+    def train_step(self) -> dict[str, float]:
+        """One optimiser step on global batch ``self.step``; returns loss, lr, grad_norm."""
+        cfg, k = self.cfg, self.step
+        gb, accum, world = cfg.data.batch_size, cfg.optim.grad_accum, self.dist.world_size
+        local, micro = gb // world, gb // world // accum
+        indices = batch_indices(len(self.dataset), gb, cfg.seed, k)
+        gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + k) % 2**63)
+        draws = self.objective.draw(gb, self.sample_shape, gen)
+        amp = _AMP[cfg.precision]
+        self.train_model.train()
+        total = torch.zeros((), device=self.device)
+        first = self.dist.rank * local
+        for m in range(accum):
+            rows = slice(first + m * micro, first + (m + 1) * micro)
+            x0, labels = self._load(indices[rows])
+            no_sync = getattr(self.train_model, "no_sync", None)
+            last_micro = m == accum - 1
+            with contextlib.nullcontext() if last_micro or no_sync is None else no_sync():
+                with torch.autocast(
+                    self.device.type, dtype=amp or torch.float32, enabled=bool(amp)
+                ):
+                    loss = self.objective.loss(x0, labels, draws.rows(rows)).mean() / accum
+                self.scaler.scale(loss).backward()
+            total += loss.detach()
+        self.scaler.unscale_(self.optimizer)
+        clip = cfg.optim.grad_clip if cfg.optim.grad_clip is not None else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.step += 1
+        return {"loss": float(all_reduce_mean(total, self.dist)), "lr": lr,
+                "grad_norm": float(grad_norm)}  # fmt: skip
+
+    # ---- checkpoints ----------------------------------------------------------------------
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+    def save_checkpoint(self) -> Path | None:
+        """Write a checkpoint of the current step (rank 0 only)."""
+        if not self.dist.is_main:
+            return None
+        state = {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": None if self.ema is None else self.ema.state_dict(),
+            "rng": capture_rng(),
+        }
+        return write_checkpoint(
+            self.checkpoint_dir, self.step, self.model, self.ema and self.ema.model, state,
+            dump_config(self.cfg), keep_last=self.cfg.keep_last,
+        )  # fmt: skip
+
+    def resume(self, path: str | Path | None = None) -> bool:
+        """Continue from ``path`` or the newest checkpoint of this run; False if none."""
+        path = Path(path) if path is not None else latest_checkpoint(self.checkpoint_dir)
+        if path is None:
+            return False
+        state = load_checkpoint(path, self.model, self.ema and self.ema.model)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        restore_rng(state["rng"])
+        self.step = int(state["step"])
+        return True
+
+    # ---- the loop -------------------------------------------------------------------------
+
+    def fit(self) -> dict[str, float]:
+        """Train until ``cfg.steps``; log, sample and checkpoint on the configured intervals."""
+        cfg = self.cfg
+        log = RunLogger(self.out_dir, cfg.steps, self.step, self.dist.is_main, cfg.progress)
+        if self.dist.is_main:
+            dump_config(cfg, self.out_dir / "config.yaml")
+        last: dict[str, float] = {}
+        t0, n0 = time.perf_counter(), self.step
+        try:
+            while self.step < cfg.steps:
+                last = self.train_step()
+                log.advance()
+                done = self.step == cfg.steps
+                if self.step % cfg.log_every == 0 or done:
+                    last["images_per_s"] = (
+                        (self.step - n0) * cfg.data.batch_size / (time.perf_counter() - t0)
+                    )
+                    log.log(self.step, last)
+                if cfg.sample_every and (self.step % cfg.sample_every == 0 or done):
+                    self.save_samples(self.out_dir / "samples" / f"step-{self.step:08d}.png")
+                if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or done:
+                    self.save_checkpoint()
+        finally:
+            log.close()
+        return last
+
+    def sampling_denoiser(self) -> torch.nn.Module:
+        """The EMA (or raw) network wrapped in the objective's denoiser, in eval mode."""
+        net = self.ema.model if self.ema is not None else self.model
+        return build_denoiser(net, self.cfg.objective).eval()
+
+    def save_samples(self, path: Path, per_class: int = 8) -> Path | None:
+        """A grid of samples (one row per class for class-conditional models), rank 0 only."""
+        if not self.dist.is_main:
+            return None
+        shape = self.sample_shape
+        if self.null is not None:
+            labels = torch.arange(self.null).repeat_interleave(per_class)
+            nrow = per_class
+        else:
+            labels, nrow = None, 8
+        n = len(labels) if labels is not None else 64
+        x = sample_labels(
+            self.sampling_denoiser(), labels, (n, *shape), self.null, steps=self.cfg.sample_steps,
+            guidance_scale=self.cfg.guidance_scale, seed=self.cfg.seed,
+        )  # fmt: skip
+        return save_grid(x, path, nrow=nrow, scale=max(1, 64 // shape[-1]))

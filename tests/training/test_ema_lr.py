@@ -1,0 +1,108 @@
+"""EMA decay maths (k-diffusion EMAWarmup, LitEma) and the LR schedules."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from genmodels.training.config import EMAConfig, OptimConfig
+from genmodels.training.ema import EMA, ema_decay, ema_update
+from genmodels.training.lr_schedules import lr_lambda, make_scheduler
+from tests._refs import k_diffusion
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(power=2 / 3, inv_gamma=1.0, max_value=0.9999),
+        dict(power=3 / 4, inv_gamma=10.0, min_value=0.1, max_value=0.999, start_at=5),
+    ],
+)
+def test_power_warmup_matches_k_diffusion(kw):
+    K = k_diffusion()
+    ref = K.utils.EMAWarmup(**kw)
+    cfg = EMAConfig(kind="power", **kw)
+    for step in range(3000):
+        assert ema_decay(cfg, step) == pytest.approx(ref.get_value(), abs=1e-12)
+        ref.step()
+
+
+def test_power_warmup_analytic():
+    cfg = EMAConfig(power=0.5, inv_gamma=1.0, max_value=1.0)
+    assert ema_decay(cfg, 0) == 0.0  # the first update copies the weights
+    assert ema_decay(cfg, 3) == pytest.approx(1 - 4**-0.5)  # 1 - (1 + 3)^-1/2 = 0.5
+
+
+def test_litema_decay():
+    cfg = EMAConfig(kind="litema", decay=0.9999)
+    # ldm LitEma: num_updates counts from 1, decay = min(decay, (1 + n) / (10 + n))
+    assert ema_decay(cfg, 0) == pytest.approx(2 / 11)
+    assert ema_decay(cfg, 99) == pytest.approx(101 / 110)
+    assert ema_decay(cfg, 10**7) == 0.9999
+
+
+def test_ema_update_matches_k_diffusion_and_copies_buffers():
+    K = k_diffusion()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    ours = EMA(model, EMAConfig(power=0.5, max_value=1.0))
+    ref = EMA(model, EMAConfig()).model  # an independent copy
+    decays = []
+    for _ in range(4):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+            model[1].running_mean.add_(1)
+        decays.append(ours.update(model))
+        K.utils.ema_update(model, ref, decays[-1])
+    assert decays[0] == 0.0 and ours.step == 4
+    for a, b in zip(ours.model.state_dict().values(), ref.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(ours.model[1].running_mean, model[1].running_mean)
+
+
+def test_ema_update_formula():
+    a, b = nn.Linear(2, 2), nn.Linear(2, 2)
+    expect = [0.9 * pb + 0.1 * pa for pa, pb in zip(a.parameters(), b.parameters())]
+    ema_update(a, b, 0.9)
+    for e, p in zip(expect, b.parameters()):
+        torch.testing.assert_close(p, e.detach())
+
+
+def test_cosine_with_warmup():
+    f = lr_lambda(OptimConfig(schedule="cosine", warmup_steps=10, min_lr_ratio=0.1), 110)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert f(110) == pytest.approx(0.1) and f(500) == pytest.approx(0.1)
+
+
+def test_constant_and_lambda_linear():
+    assert lr_lambda(OptimConfig(schedule="constant"), 10)(5) == 1.0
+    assert lr_lambda(OptimConfig(schedule="constant", warmup_steps=4), 10)(1) == 0.5
+    # ldm LambdaLinearScheduler as in SD's v1 config: warm-up 10000 from 1e-6 to 1, then flat
+    cfg = OptimConfig(schedule="lambda_linear", warmup_steps=10000, f_start=1e-6)
+    f = lr_lambda(cfg, 10**6)
+    assert f(0) == pytest.approx(1e-6)
+    assert f(5000) == pytest.approx(1e-6 + (1 - 1e-6) * 0.5)
+    assert f(20000) == pytest.approx(1.0)
+    # decaying cycle: f_min + (f_max - f_min) * (L - n) / L
+    g = lr_lambda(OptimConfig(schedule="lambda_linear", f_min=0.2, cycle_length=100), 100)
+    assert g(50) == pytest.approx(0.2 + 0.8 * 0.5)
+
+
+def test_scheduler_drives_optimizer():
+    p = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=2.0)
+    sched = make_scheduler(opt, OptimConfig(schedule="constant", warmup_steps=2), 10)
+    lrs = []
+    for _ in range(3):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == [1.0, 2.0, 2.0]
+    with pytest.raises(ValueError, match="warmup_steps"):
+        lr_lambda(OptimConfig(warmup_steps=-1), 10)
