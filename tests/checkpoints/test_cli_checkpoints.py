@@ -55,7 +55,10 @@ def test_info_on_a_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     Image.new("RGB", (4, 4)).save(tmp_path / "img.png", pnginfo=meta)
     Image.new("RGB", (4, 4)).save(tmp_path / "bare.png")
     assert _run(["info", str(tmp_path / "img.png")]) == 0
-    assert "parameters: a cat\nSteps: 20" in capsys.readouterr().out
+    out = capsys.readouterr().out.splitlines()  # the parsed A1111 parameters, one per line
+    assert out[0].split() == ["Prompt", "a", "cat"]
+    assert ["Steps", "20"] in [line.split() for line in out]
+    assert ["Sampler", "Euler", "a"] in [line.split() for line in out]
     assert _run(["info", str(tmp_path / "bare.png")]) == 0
     assert "no generation parameters" in capsys.readouterr().out
 
