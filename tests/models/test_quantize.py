@@ -293,3 +293,19 @@ def test_fsq_grid_indices_and_gradient():
         FSQuantizer([3, 1])
     with pytest.raises(ValueError, match=r"\[0, 12\)"):
         fsq.get_codebook_entry(torch.tensor([12]))
+
+
+@pytest.mark.parametrize("l2", [False, True])
+def test_dead_code_restart_with_a_gradient_trained_codebook_backpropagates(l2: bool) -> None:
+    """The restart happens inside forward; backward of that same step must still work."""
+    torch.manual_seed(0)
+    q = VectorQuantizer(16, 4, dead_code_steps=1, l2_normalize=l2).train()
+    before = q.embedding.weight.detach().clone()
+    z = torch.randn(2, 4, 3, 3, requires_grad=True)
+    z_q, loss, info = q(z)
+    (z_q.sum() + loss).backward()
+    restarted = info.counts == 0
+    assert restarted.any() and z.grad is not None
+    assert not torch.equal(q.embedding.weight[restarted], before[restarted])
+    grad = q.embedding.weight.grad
+    assert torch.equal(grad[restarted], torch.zeros_like(grad[restarted]))

@@ -324,7 +324,10 @@ class VectorQuantizer(nn.Module):
             return
         pick = torch.randint(0, z_flat.shape[0], (dead.numel(),), device=z_flat.device)
         new = z_flat[pick].to(self.embedding.weight.dtype)
-        self.embedding.weight[dead] = new
+        # written through .data: this step's graph may hold the weight (l2-normalised codebook)
+        # and its version counter must not change; a dead code had no use this step, so its
+        # rows of every gradient are zero and the write cannot corrupt them
+        self.embedding.weight.data[dead] = new
         if self.ema_decay is not None:
             self.embedding.cluster_size[dead] = 1.0
             self.embedding.embed_avg[dead] = new
