@@ -186,5 +186,5 @@ class Decoder(nn.Module):
                 h = _run(up.upsample, h, ckpt)  # (B, C, 2H, 2W)
         if self.give_pre_end:
             return h
-        h = self.conv_out(F.silu(self.norm_out(h)))
+        h = self.conv_out(F.silu(self.norm_out(h), inplace=not torch.is_grad_enabled()))
         return torch.tanh(h) if self.tanh_out else h

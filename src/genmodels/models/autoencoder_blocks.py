@@ -103,11 +103,12 @@ class ResnetBlock(nn.Module):
             self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        inplace = not torch.is_grad_enabled()  # inference: reuse the fresh norm / conv outputs
+        h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h), inplace=inplace)))
         if self.in_channels != self.out_channels:
             x = self.nin_shortcut(x)
-        return x + h
+        return h.add_(x) if inplace else x + h
 
 
 class AttnBlock(nn.Module):
@@ -129,7 +130,8 @@ class AttnBlock(nn.Module):
             q, k, v = q.float(), k.float(), v.float()
         h = F.scaled_dot_product_attention(q, k, v)  # (B, 1, HW, C); scale C**-0.5 as in ldm
         h = rearrange(h.to(x.dtype), "b 1 (h w) c -> b c h w", h=H, w=W)
-        return x + self.proj_out(h)
+        h = self.proj_out(h)
+        return h.add_(x) if not torch.is_grad_enabled() else x + h
 
 
 ATTN_TYPES = ("vanilla", "none")

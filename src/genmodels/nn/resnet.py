@@ -90,4 +90,6 @@ class ResBlock(nn.Module):
             h = self.out_layers[1:](h)
         else:
             h = self.out_layers(h + emb_out)
-        return self.skip_connection(x) + h
+        if torch.is_grad_enabled():
+            return self.skip_connection(x) + h
+        return h.add_(self.skip_connection(x))  # inference: h is a fresh conv output

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from genmodels.nn.attention import CrossAttention
+from genmodels.nn.fast import fast_bf16_inference
 from genmodels.nn.resnet import zero_module
 
 
@@ -81,9 +82,14 @@ class BasicTransformerBlock(nn.Module):
         return self._forward(x, context)
 
     def _forward(self, x: Tensor, context: Tensor | None) -> Tensor:
-        x = self.attn1(self.norm1(x), context if self.disable_self_attn else None) + x
-        x = self.attn2(self.norm2(x), context) + x
-        return self.ff(self.norm3(x)) + x
+        if torch.is_grad_enabled():
+            x = self.attn1(self.norm1(x), context if self.disable_self_attn else None) + x
+            x = self.attn2(self.norm2(x), context) + x
+            return self.ff(self.norm3(x)) + x
+        # inference: add the residual into each branch's fresh output (no new buffers)
+        x = self.attn1(self.norm1(x), context if self.disable_self_attn else None).add_(x)
+        x = self.attn2(self.norm2(x), context).add_(x)
+        return self.ff(self.norm3(x)).add_(x)
 
 
 class SpatialTransformer(nn.Module):
@@ -128,6 +134,8 @@ class SpatialTransformer(nn.Module):
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """x: (B, C, H, W), context: (B, S, context_dim) or None -> (B, C, H, W)."""
+        if not self.use_linear and self._tokens_fast_path(x):
+            return self._forward_tokens(x, context)
         h, w = x.shape[-2:]
         x_in = x
         x = self.norm(x)
@@ -146,3 +154,19 @@ class SpatialTransformer(nn.Module):
         if not self.use_linear:
             x = self.proj_out(x)
         return x + x_in
+
+    def _tokens_fast_path(self, x: Tensor) -> bool:
+        # A channels-last (B, C, H, W) tensor is a (B, H*W, C) token matrix in memory, so the 1x1
+        # convs are plain matmuls on it (the same sums): about 2x faster than oneDNN's 1x1 conv.
+        return x.dim() == 4 and fast_bf16_inference(x, self.proj_in.weight)
+
+    def _forward_tokens(self, x: Tensor, context: Tensor | None) -> Tensor:
+        h, w = x.shape[-2:]
+        w_in, w_out = self.proj_in.weight, self.proj_out.weight  # (out, in, 1, 1)
+        tokens = rearrange(self.norm(x), "b c h w -> b (h w) c")  # a view for channels-last
+        tokens = F.linear(tokens, w_in.flatten(1), self.proj_in.bias)  # (B, H*W, inner)
+        for block in self.transformer_blocks:
+            tokens = block(tokens, context)
+        tokens = F.linear(tokens, w_out.flatten(1), self.proj_out.bias)  # (B, H*W, C)
+        out = rearrange(tokens, "b (h w) c -> b c h w", h=h, w=w)  # channels-last view
+        return out.add_(x)
