@@ -1,10 +1,12 @@
 """VQGAN + class-conditional GPT on the built-in digits: the quality bars of issue 6.
 
-Stage 1 trains the ``digits`` VQGAN preset (16 px -> 4x4 codes) and reports reconstruction
-PSNR and codebook usage over all 1797 digits (target usage >= 80%). Stage 2 trains a
-class-conditional GPT over the codes and reports how often a scikit-learn classifier trained on
-real digits recognises samples as their intended class (target >= 90%), with the Fréchet
-distance of its features. The models are written to ``--out`` for ``genmodels vq-sample``.
+Runs the ``vqgan-digits`` and ``transformer-digits`` training presets (what
+``genmodels train --preset vqgan-digits`` / ``--preset transformer-digits`` do). Stage 1 trains
+the ``digits`` VQGAN (16 px -> 4x4 codes) and reports reconstruction PSNR and codebook usage
+over all 1797 digits (target usage >= 80%). Stage 2 trains a class-conditional GPT over the
+codes and reports how often a scikit-learn classifier trained on real digits recognises
+samples as their intended class (target >= 90%), with the Fréchet distance of its features.
+The models are written to ``--out`` for ``genmodels vq-sample``.
 
     python benchmarks/vq_digits.py --vq-steps 800 --gpt-steps 1000 --out runs/vq_digits
 """
@@ -16,27 +18,13 @@ import time
 
 import torch
 
-from genmodels.configs.vqgan import get_vqgan_config
+from genmodels.configs.vq_train import get_vq_train_config
 from genmodels.data.digits import load_digits_tensor
 from genmodels.evaluation.digits_classifier import DigitsClassifier
-from genmodels.models.gpt import GPT, GPTConfig
-from genmodels.models.vqgan import VQModel
 from genmodels.training.images import save_grid
-from genmodels.training.transformer_train import (
-    TransformerMeta,
-    TransformerTrainConfig,
-    encode_codes,
-    sample_images,
-    save_transformer,
-    train_transformer,
-)
-from genmodels.training.vqgan_loss import VQGANLossConfig
-from genmodels.training.vqgan_train import (
-    VQGANTrainConfig,
-    reconstruct_psnr,
-    save_vqgan,
-    train_vqgan,
-)
+from genmodels.training.transformer_train import load_transformer, sample_images
+from genmodels.training.vq_config import build_run_config, run_transformer, run_vqgan
+from genmodels.training.vqgan_train import load_vqgan, reconstruct_psnr
 
 
 def main() -> None:
@@ -48,51 +36,39 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--top-k", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--out", default="runs/vq_digits")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    log = lambda step, r: print(  # noqa: E731
-        f"  step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in r.items() if k != "step"),
-        flush=True,
-    )
 
-    x, y = load_digits_tensor(16)
-    vq_cfg = get_vqgan_config("digits")
-    vq = VQModel(vq_cfg)
-    loss_cfg = VQGANLossConfig(
-        disc_start=args.disc_start,
-        perceptual_weight=0.0,  # no local LPIPS weights for 1-channel 16 px digits
-        l2_weight=1.0,
-        disc_in_channels=1,
-        disc_num_layers=2,
-        disc_ndf=32,
-        disc_weight=0.1,
+    common = [f"out_dir={args.out}", f"device={args.device}"]
+    vq_cfg = build_run_config(
+        "vqgan",
+        overrides=[f"train.steps={args.vq_steps}", f"train.loss.disc_start={args.disc_start}"]
+        + common,
+        base=get_vq_train_config("vqgan-digits"),
     )
-    train_cfg = VQGANTrainConfig(
-        steps=args.vq_steps, batch_size=64, lr=2e-3, bf16=True, log_every=100, loss=loss_cfg
-    )
-    print(f"stage 1: VQGAN {sum(p.numel() for p in vq.parameters()) / 1e3:.0f}k params, bf16")
+    print(f"stage 1: VQGAN, bf16={vq_cfg.train.bf16}")
     t0 = time.perf_counter()
-    train_vqgan(vq, x, train_cfg, callback=log)
+    run_vqgan(vq_cfg)
     t_vq = time.perf_counter() - t0
+    x, y = load_digits_tensor(16)
+    vq = load_vqgan(args.out)
     psnr, counts = reconstruct_psnr(vq, x)
     usage = float((counts > 0).float().mean())
     print(f"VQGAN: PSNR {psnr:.2f} dB | codebook usage {usage * 100:.1f}% of {vq.n_codes} codes")
-    save_vqgan(args.out, vq)
 
-    codes = encode_codes(vq, x)  # (N, 4, 4)
-    h, w = codes.shape[1:]
-    gpt_cfg = GPTConfig(
-        vocab_size=vq.n_codes + 10, block_size=h * w, n_layer=4, n_head=4, n_embd=128
+    gpt_cfg = build_run_config(
+        "transformer",
+        overrides=[f"vqgan_dir={args.out}", f"train.steps={args.gpt_steps}"] + common,
+        base=get_vq_train_config("transformer-digits"),
     )
-    meta = TransformerMeta(gpt_cfg, vq.n_codes, 10, (h, w))
-    gpt = GPT(gpt_cfg)
-    print(f"stage 2: GPT {sum(p.numel() for p in gpt.parameters()) / 1e3:.0f}k params")
+    print("stage 2: GPT")
     t0 = time.perf_counter()
-    gpt_train = TransformerTrainConfig(steps=args.gpt_steps, batch_size=128, lr=1e-3, log_every=300)
-    train_transformer(gpt, meta, codes, y, gpt_train, callback=log)
+    run_transformer(gpt_cfg)
     t_gpt = time.perf_counter() - t0
-    save_transformer(args.out, gpt, meta)
+    gpt, meta = load_transformer(args.out)
+    print(f"GPT {sum(p.numel() for p in gpt.parameters()) / 1e3:.0f}k params")
 
     labels = torch.arange(args.n_samples) % 10
     samples = sample_images(

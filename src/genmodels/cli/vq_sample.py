@@ -2,8 +2,10 @@
 
 The directory holds ``vqgan.safetensors`` / ``vqgan.json`` and ``transformer.safetensors`` /
 ``transformer.json`` (written by ``genmodels.training.vqgan_train.save_vqgan`` and
-``genmodels.training.transformer_train.save_transformer``). Image i is sampled with seed
-``seed + i``, so ``--n 4 --seed 10`` gives the same images as four runs with seeds 10..13.
+``genmodels.training.transformer_train.save_transformer``), e.g. by
+``genmodels train --preset vqgan-digits`` then ``--preset transformer-digits``. Image i is
+sampled with seed ``seed + i``, so ``--n 4 --seed 10`` gives the same images as four runs with
+seeds 10..13.
 Every PNG carries its settings as JSON in a ``parameters`` text chunk.
 """
 

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from genmodels.configs.autoencoder import AutoencoderConfig
 from genmodels.configs.unet import UNetConfig
 from genmodels.training.config import (
     DataConfig,
     EMAConfig,
+    LatentConfig,
     ObjectiveConfig,
     OptimConfig,
+    TextConfig,
     TrainConfig,
 )
 
-__all__ = ["TRAIN_PRESETS", "get_train_config"]
+__all__ = ["LDM_DIGITS_AUTOENCODER", "TRAIN_PRESETS", "get_train_config"]
 
 # Class-conditional pixel diffusion on the built-in digits at 8x8 (their native size): EDM
 # objective (Karras et al. 2022), 10 classes + the CFG null class, trained in a few minutes on
@@ -43,10 +46,44 @@ _DIGITS_DEMO = TrainConfig(
     sample_steps=15,
 )
 
+# Latent diffusion on the digits (benchmarks/ldm_digits.py): an f2 KL autoencoder maps 8x8x1
+# digits to 4x4x4 latents (scale_factor set to 1/std after training, ldm ``scale_by_std``), and
+# the digits UNet with 4 channels learns them. ``latent.vae_path`` is filled in by the caller.
+LDM_DIGITS_AUTOENCODER = AutoencoderConfig(
+    ch=32, ch_mult=(1, 2), num_res_blocks=1, in_channels=1, out_ch=1, resolution=8,
+    z_channels=4, embed_dim=4, scale_factor=1.0,
+)  # fmt: skip
+_DIGITS_LDM = replace(
+    _DIGITS_DEMO,
+    model=replace(_DIGITS_UNET, in_channels=4, out_channels=4),
+    latent=LatentConfig(enabled=True, cache=True),
+    out_dir="runs/ldm-digits",
+)
+
+# Text-conditional pixel diffusion on the emoji (names as captions) with the tiny SD1-style text
+# encoder (random weights unless text.path is given): a smoke-test-sized recipe.
+_EMOJI_TEXT = TrainConfig(
+    model=UNetConfig(
+        in_channels=3, out_channels=3, model_channels=64, channel_mult=(1, 2, 2),
+        num_res_blocks=1, attention_resolutions=(2, 4), num_head_channels=32, context_dim=32,
+        use_scale_shift_norm=True,
+    ),
+    data=DataConfig(dataset="emoji", size=32, batch_size=32),
+    objective=ObjectiveConfig(kind="edm", cond_drop_prob=0.1),
+    optim=OptimConfig(lr=1e-3, schedule="cosine", warmup_steps=100, min_lr_ratio=0.05),
+    ema=EMAConfig(power=3 / 4, max_value=0.999),
+    text=TextConfig(encoder="tiny-sd1"),
+    steps=4000,
+    out_dir="runs/emoji-text",
+    guidance_scale=3.0,
+)  # fmt: skip
+
 TRAIN_PRESETS: dict[str, TrainConfig] = {
     "digits-demo": _DIGITS_DEMO,
     # the same model at 16x16 (digits upscaled), e.g. for GPU runs
     "digits-16": replace(_DIGITS_DEMO, data=replace(_DIGITS_DEMO.data, size=16), steps=4000),
+    "digits-ldm": _DIGITS_LDM,
+    "emoji-text": _EMOJI_TEXT,
 }
 
 

@@ -23,8 +23,10 @@ from genmodels.configs.unet import UNetConfig
 __all__ = [
     "DataConfig",
     "EMAConfig",
+    "LatentConfig",
     "ObjectiveConfig",
     "OptimConfig",
+    "TextConfig",
     "TrainConfig",
     "apply_overrides",
     "config_from_dict",
@@ -112,6 +114,40 @@ class EMAConfig:
 
 
 @dataclass
+class LatentConfig:
+    """Latent diffusion (Rombach et al. 2022): a frozen KL VAE maps images to diffusion latents.
+
+    ``vae_path``: an ``AutoencoderKL`` state dict (genmodels keys, or an ldm / SD checkpoint whose
+    ``first_stage_model.*`` keys are taken) built on ``vae_preset`` (``vae_scale_factor``
+    replaces the preset's scale when set). ``cache``: encode the dataset once (the posterior mode,
+    or a sample when ``sample_posterior``) and keep the latents on the CPU, written atomically to
+    ``cache_path`` when given and read back from it on the next run.
+    """
+
+    enabled: bool = False
+    vae_preset: str = "tiny"
+    vae_path: str | None = None
+    vae_scale_factor: float | None = None
+    cache: bool = True
+    cache_path: str | None = None
+    sample_posterior: bool = False
+    encode_batch_size: int = 256
+
+
+@dataclass
+class TextConfig:
+    """Text conditioning: a frozen ``TextEncoder`` preset (weights from ``path`` when given).
+
+    Captions come from the dataset (emoji names, folder sidecars / metadata.jsonl); their
+    embeddings are computed once per distinct caption and kept on the CPU. CFG dropout
+    (``objective.cond_drop_prob``) replaces a caption's context by the empty prompt's.
+    """
+
+    encoder: str | None = None  # e.g. "tiny-sd1", "sd1"; None: no text conditioning
+    path: str | None = None  # safetensors of the TextEncoder state dict
+
+
+@dataclass
 class TrainConfig:
     """A whole training run."""
 
@@ -120,6 +156,8 @@ class TrainConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
+    latent: LatentConfig = field(default_factory=LatentConfig)
+    text: TextConfig = field(default_factory=TextConfig)
     steps: int = 1000
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = False
@@ -146,6 +184,27 @@ class TrainConfig:
             )
         if not 0.0 <= self.objective.cond_drop_prob < 1.0:
             raise ValueError("objective.cond_drop_prob must be in [0, 1)")
+        if self.latent.encode_batch_size < 1:
+            raise ValueError(
+                f"latent.encode_batch_size must be >= 1, got {self.latent.encode_batch_size}"
+            )
+        if self.latent.vae_scale_factor is not None and self.latent.vae_scale_factor <= 0:
+            raise ValueError(
+                f"latent.vae_scale_factor must be > 0, got {self.latent.vae_scale_factor}"
+            )
+        if self.text.encoder is not None:
+            if self.model.context_dim is None:
+                raise ValueError(
+                    f"text.encoder={self.text.encoder!r} needs a UNet with cross-attention: "
+                    "set model.context_dim to the encoder's width"
+                )
+            if self.model.num_classes is not None:
+                raise ValueError(
+                    "text.encoder and class labels (model.num_classes) cannot be combined; "
+                    "set model.num_classes to null for text conditioning"
+                )
+        if self.text.path is not None and self.text.encoder is None:
+            raise ValueError("text.path is set but text.encoder is null; name the encoder preset")
 
 
 def _type_name(tp: Any) -> str:

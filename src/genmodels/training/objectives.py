@@ -92,8 +92,14 @@ class Objective:
         drop = torch.rand(global_batch, generator=generator) < self.cond_drop_prob
         return Draws(sigma, noise, drop)
 
-    def loss(self, x0: Tensor, labels: Tensor | None, draws: Draws) -> Tensor:
-        """Loss per sample (B,) of x0 (B, C, H, W) with labels (B,) and this batch's draws."""
+    def loss(
+        self, x0: Tensor, labels: Tensor | None, draws: Draws, context: Tensor | None = None
+    ) -> Tensor:
+        """Loss per sample (B,) of x0 (B, C, H, W) with labels (B,) and this batch's draws.
+
+        ``context`` (B, T, D): cross-attention conditioning (text), with CFG dropout already
+        applied by the caller (``CaptionEmbeddings.batch`` with ``draws.drop``).
+        """
         b = x0.shape[0]
         if draws.sigma.shape != (b,) or draws.noise.shape[1:] != x0.shape[1:]:
             raise ValueError(
@@ -109,6 +115,10 @@ class Objective:
                     f"index {self.null} is the unconditional class"
                 )
             cond["y"] = torch.where(draws.drop.to(labels.device), self.null, labels)
+        if context is not None:
+            if context.ndim != 3 or context.shape[0] != b:
+                raise ValueError(f"context must have shape ({b}, T, D), got {tuple(context.shape)}")
+            cond["context"] = context.to(x0.device)
         sigma, noise = draws.sigma.to(x0.device), draws.noise.to(x0)
         x = x0 + append_dims(sigma, x0.ndim).to(x0.dtype) * noise
         denoised = self.denoiser(x, sigma, **cond)

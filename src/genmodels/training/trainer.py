@@ -1,4 +1,4 @@
-"""The training loop: one explicit loop for pixel diffusion, from one CPU to many GPUs.
+"""The training loop: one explicit loop for pixel and latent diffusion, one CPU to many GPUs.
 
     trainer = Trainer(cfg); trainer.resume(); trainer.fit()
 
@@ -6,6 +6,11 @@ Per optimiser step k: the global batch k (``batch_indices``) and its randomness 
 seeded with (seed, k)) are pure functions of k, so resume and DDP reproduce single-process,
 uninterrupted runs. Each rank takes its rows of the global batch, split into ``grad_accum``
 micro-batches (DDP syncs gradients on the last one only).
+
+Latent diffusion (``cfg.latent``): a frozen VAE encodes the images (once, into a cached latent
+dataset, or per batch); samples are decoded through it. Text conditioning (``cfg.text``): the
+dataset's captions are encoded once by a frozen text encoder; CFG dropout swaps in the empty
+prompt's context.
 """
 
 from __future__ import annotations
@@ -30,10 +35,12 @@ from .config import TrainConfig, dump_config
 from .distributed import DistInfo, all_reduce_mean, init_distributed, wrap_model
 from .ema import EMA
 from .images import save_grid
+from .latents import build_latent_dataset, encode_images, load_frozen_vae
 from .logging import RunLogger
 from .lr_schedules import make_scheduler
 from .objectives import Objective, build_denoiser, build_loss, null_label
-from .sampling import sample_labels
+from .sampling import sample_cond, sample_labels
+from .text_cond import CaptionEmbeddings, load_text_encoder
 
 __all__ = ["Trainer"]
 
@@ -43,7 +50,16 @@ _AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 class Trainer:
     """Owns the model, EMA, optimiser, LR schedule, data order and checkpoints of a run."""
 
-    def __init__(self, cfg: TrainConfig, dataset: Any = None, dist: DistInfo | None = None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        dataset: Any = None,
+        dist: DistInfo | None = None,
+        vae: torch.nn.Module | None = None,
+        text_encoder: torch.nn.Module | None = None,
+    ):
+        """``vae`` / ``text_encoder``: ready modules instead of loading ``cfg.latent.vae_path`` /
+        ``cfg.text`` (both are frozen here)."""
         self.cfg = cfg
         self.dist = dist or init_distributed(cfg.device)
         self.device = self.dist.device
@@ -65,7 +81,15 @@ class Trainer:
         self.scheduler = make_scheduler(self.optimizer, o, cfg.steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         self.dataset = dataset if dataset is not None else self._build_dataset()
-        self.sample_shape = tuple(self.dataset[0][0].shape)  # (C, H, W)
+        self.captions: list[str] | None = None
+        self.text = self._setup_text(text_encoder)
+        self.vae = self._setup_latents(vae)
+        self.sample_shape = self._sample_shape()  # (C, H, W) of what the UNet sees
+        if self.sample_shape[0] != cfg.model.in_channels:
+            raise ValueError(
+                f"model.in_channels={cfg.model.in_channels} does not match the "
+                f"{'latent' if self.vae is not None else 'image'} channels {self.sample_shape[0]}"
+            )
         workers = cfg.data.num_workers
         self._pool = ThreadPoolExecutor(workers) if workers > 0 else None
         self.step = 0
@@ -79,6 +103,51 @@ class Trainer:
     def _build_dataset(self) -> Any:
         d = self.cfg.data
         return build_dataset(d.dataset, size=d.size, path=d.path, crop=d.crop, flip=d.random_flip)
+
+    def _setup_text(self, encoder: torch.nn.Module | None) -> CaptionEmbeddings | None:
+        if self.cfg.text.encoder is None:
+            return None
+        captions = getattr(self.dataset, "captions", None)
+        if captions is None:
+            raise ValueError(
+                f"text.encoder is set but dataset {self.cfg.data.dataset!r} has no captions "
+                "(use emoji, or a folder with .txt sidecars / metadata.jsonl)"
+            )
+        encoder = encoder if encoder is not None else load_text_encoder(self.cfg.text)
+        text = CaptionEmbeddings(encoder.to(self.device).eval().requires_grad_(False))
+        if text.context_dim != self.cfg.model.context_dim:
+            raise ValueError(
+                f"model.context_dim={self.cfg.model.context_dim} does not match the text "
+                f"encoder's width {text.context_dim}"
+            )
+        self.captions = list(captions)
+        text.precompute(self.captions)
+        return text
+
+    def _setup_latents(self, vae: torch.nn.Module | None) -> torch.nn.Module | None:
+        lc = self.cfg.latent
+        if not lc.enabled:
+            if vae is not None:
+                raise ValueError("a vae was given but latent.enabled is false")
+            return None
+        vae = load_frozen_vae(lc, self.device) if vae is None else vae.to(self.device)
+        vae = vae.eval().requires_grad_(False)
+        if lc.cache:
+            self.dataset = build_latent_dataset(vae, self.dataset, lc, seed=self.cfg.seed)
+        return vae
+
+    def _sample_shape(self) -> tuple[int, ...]:
+        x = self.dataset[0][0]
+        if self.vae is not None and not self.cfg.latent.cache:
+            x = encode_images(self.vae, x.unsqueeze(0))[0]
+        return tuple(x.shape)
+
+    def decode(self, x: Tensor) -> Tensor:
+        """Samples of the UNet's space -> images in [-1, 1] (through the VAE when latent)."""
+        if self.vae is None:
+            return x
+        with torch.no_grad():
+            return self.vae.decode_latents(x.to(self.device)).float().clamp(-1, 1).cpu()
 
     # ---- one optimiser step -------------------------------------------------------------
 
@@ -96,6 +165,11 @@ class Trainer:
             y = torch.tensor([it[1] for it in items], dtype=torch.long)
             y = y if self.null is not None else None  # unconditional model: no labels
         x = x.to(self.device, non_blocking=True)
+        if self.vae is not None and not self.cfg.latent.cache:  # encode on the fly (ldm)
+            gen = None
+            if self.cfg.latent.sample_posterior:
+                gen = torch.Generator(self.device).manual_seed(self.cfg.seed + self.step)
+            x = encode_images(self.vae, x, self.cfg.latent.sample_posterior, gen)
         if self.cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, None if y is None else y.to(self.device)
@@ -115,13 +189,18 @@ class Trainer:
         for m in range(accum):
             rows = slice(first + m * micro, first + (m + 1) * micro)
             x0, labels = self._load(indices[rows])
+            context = None
+            if self.text is not None:
+                captions = [self.captions[int(i)] for i in indices[rows]]
+                context = self.text.batch(captions, draws.drop[rows]).to(self.device)
             no_sync = getattr(self.train_model, "no_sync", None)
             last_micro = m == accum - 1
             with contextlib.nullcontext() if last_micro or no_sync is None else no_sync():
                 with torch.autocast(
                     self.device.type, dtype=amp or torch.float32, enabled=bool(amp)
                 ):
-                    loss = self.objective.loss(x0, labels, draws.rows(rows)).mean() / accum
+                    loss = self.objective.loss(x0, labels, draws.rows(rows), context)
+                    loss = loss.mean() / accum
                 self.scaler.scale(loss).backward()
             total += loss.detach()
         self.scaler.unscale_(self.optimizer)
@@ -210,18 +289,28 @@ class Trainer:
         return build_denoiser(net, self.cfg.objective).eval()
 
     def save_samples(self, path: Path, per_class: int = 8) -> Path | None:
-        """A grid of samples (one row per class for class-conditional models), rank 0 only."""
+        """A grid of samples, rank 0 only: one row per class (class-conditional) or per caption
+        (the dataset's first 8 distinct captions; text-conditional)."""
         if not self.dist.is_main:
             return None
-        shape = self.sample_shape
-        if self.null is not None:
-            labels = torch.arange(self.null).repeat_interleave(per_class)
+        opts = dict(
+            steps=self.cfg.sample_steps, guidance_scale=self.cfg.guidance_scale, seed=self.cfg.seed
+        )
+        if self.text is not None:
+            captions = list(dict.fromkeys(self.captions))[:8]
+            context = self.text.lookup(captions).repeat_interleave(per_class, dim=0)
+            shape = (context.shape[0], *self.sample_shape)
+            uncond = {"context": self.text.empty.unsqueeze(0)}
+            x = sample_cond(self.sampling_denoiser(), shape, {"context": context}, uncond, **opts)
             nrow = per_class
         else:
-            labels, nrow = None, 8
-        n = len(labels) if labels is not None else 64
-        x = sample_labels(
-            self.sampling_denoiser(), labels, (n, *shape), self.null, steps=self.cfg.sample_steps,
-            guidance_scale=self.cfg.guidance_scale, seed=self.cfg.seed,
-        )  # fmt: skip
-        return save_grid(x, path, nrow=nrow, scale=max(1, 64 // shape[-1]))
+            if self.null is not None:
+                labels, nrow = torch.arange(self.null).repeat_interleave(per_class), per_class
+            else:
+                labels, nrow = None, 8
+            n = len(labels) if labels is not None else 64
+            x = sample_labels(
+                self.sampling_denoiser(), labels, (n, *self.sample_shape), self.null, **opts
+            )
+        x = self.decode(x)
+        return save_grid(x, path, nrow=nrow, scale=max(1, 64 // x.shape[-1]))

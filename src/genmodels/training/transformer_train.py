@@ -35,6 +35,7 @@ from genmodels.models.gpt import GPT, GPTConfig, class_prefix, next_token_loss, 
 from genmodels.models.gpt_sampling import sample
 from genmodels.models.permuters import make_permuter
 from genmodels.models.vqgan import VQModel
+from genmodels.training.vqgan_train import write_atomic
 
 __all__ = [
     "TransformerTrainConfig",
@@ -217,12 +218,13 @@ def sample_images(
 
 
 def save_transformer(directory: str | Path, gpt: GPT, meta: TransformerMeta) -> Path:
-    """Write ``transformer.safetensors`` + ``transformer.json`` to ``directory``."""
+    """Write ``transformer.safetensors`` + ``transformer.json`` to ``directory`` (atomically)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().contiguous().cpu() for k, v in gpt.state_dict().items()}
-    save_file(weights, str(directory / "transformer.safetensors"))
-    (directory / "transformer.json").write_text(json.dumps(meta.to_dict(), indent=2))
+    write_atomic(directory / "transformer.safetensors", lambda p: save_file(weights, str(p)))
+    text = json.dumps(meta.to_dict(), indent=2)
+    write_atomic(directory / "transformer.json", lambda p: p.write_text(text))
     return directory
 
 

@@ -18,6 +18,7 @@ Checkpoints: ``<dir>/vqgan.safetensors`` (taming key names) + ``<dir>/vqgan.json
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +33,14 @@ from genmodels.configs.vqgan import VQConfig
 from genmodels.models.vqgan import VQModel
 from genmodels.training.vqgan_loss import VQGANLoss, VQGANLossConfig
 
-__all__ = ["VQGANTrainConfig", "train_vqgan", "save_vqgan", "load_vqgan", "reconstruct_psnr"]
+__all__ = [
+    "VQGANTrainConfig",
+    "train_vqgan",
+    "save_vqgan",
+    "load_vqgan",
+    "reconstruct_psnr",
+    "write_atomic",
+]
 
 
 @dataclass
@@ -144,14 +152,38 @@ def reconstruct_psnr(model: VQModel, images: Tensor, batch_size: int = 256) -> t
     return 10 * torch.log10(torch.tensor(4.0 / max(mse, 1e-12))).item(), counts
 
 
+def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a hidden temporary file, fsync it, then rename it to ``path``.
+
+    ``os.replace`` is atomic on POSIX, so a reader sees the old file or the new one, never a
+    torn one.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def save_vqgan(directory: str | Path, model: VQModel, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``vqgan.safetensors`` + ``vqgan.json`` ({"config": ..., **extra}) to ``directory``."""
+    """Write ``vqgan.safetensors`` + ``vqgan.json`` ({"config": ..., **extra}) to ``directory``.
+
+    Each file is replaced atomically (:func:`write_atomic`); the JSON is written last.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(weights, str(directory / "vqgan.safetensors"))
-    meta = {"config": model.cfg.to_dict()} | (extra or {})
-    (directory / "vqgan.json").write_text(json.dumps(meta, indent=2))
+    write_atomic(directory / "vqgan.safetensors", lambda p: save_file(weights, str(p)))
+    text = json.dumps({"config": model.cfg.to_dict()} | (extra or {}), indent=2)
+    write_atomic(directory / "vqgan.json", lambda p: p.write_text(text))
     return directory
 
 

@@ -1,0 +1,92 @@
+"""Frozen text conditioning for training: captions -> cached cross-attention contexts.
+
+As ldm's ``cond_stage_trainable: false`` (SD 1.x / 2.x): the text encoder is frozen, so each
+distinct caption is encoded once and its context (T, D) kept on the CPU; a batch of captions is a
+lookup. CFG dropout replaces a caption's context by the empty prompt's (sgm's
+``ucg_rate`` with the "" prompt), so sampling can guide with the empty prompt as uncond.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor
+
+from genmodels.models.text.encoders import TextEncoder
+
+from .config import TextConfig
+
+__all__ = ["CaptionEmbeddings", "load_text_encoder"]
+
+
+def load_text_encoder(cfg: TextConfig) -> TextEncoder:
+    """Frozen ``TextEncoder`` of preset ``cfg.encoder`` (weights from ``cfg.path`` if given)."""
+    if cfg.encoder is None:
+        raise ValueError("text.encoder is null: no text encoder to load")
+    encoder = TextEncoder(cfg.encoder)
+    if cfg.path is not None:
+        sd = load_file(cfg.path)
+        try:
+            encoder.load_state_dict(sd, strict=True)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"{cfg.path}: does not fit text.encoder={cfg.encoder!r}: {exc}"
+            ) from exc
+    return encoder.eval().requires_grad_(False)
+
+
+class CaptionEmbeddings:
+    """Caption -> context (T, D) cache over a frozen encoder; ``empty`` is the "" context."""
+
+    def __init__(self, encoder: TextEncoder) -> None:
+        self.encoder = encoder
+        self._cache: dict[str, Tensor] = {}
+        self.empty = self.lookup([""])[0]  # (T, D)
+
+    @property
+    def context_dim(self) -> int:
+        return int(self.empty.shape[-1])
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    @torch.no_grad()
+    def _encode(self, captions: list[str]) -> None:
+        # one prompt per call keeps each caption's own chunk count (a long caption in a batch
+        # would pad every prompt of it to its number of 77-token chunks)
+        for caption in captions:
+            context = self.encoder([caption]).context[0]  # (77 * n_chunks, D)
+            self._cache[caption] = context.float().cpu()
+
+    def precompute(self, captions: Sequence[str]) -> None:
+        """Encode every distinct caption not cached yet."""
+        todo = sorted({c for c in captions if c not in self._cache})
+        self._encode(todo)
+
+    def lookup(self, captions: Sequence[str]) -> Tensor:
+        """Contexts (B, T, D) of ``captions``; all must have the same token length T."""
+        if isinstance(captions, str) or not all(isinstance(c, str) for c in captions):
+            raise ValueError(f"captions must be a sequence of str, got {captions!r:.80}")
+        self.precompute(captions)
+        contexts = [self._cache[c] for c in captions]
+        lengths = {c.shape[0] for c in contexts}
+        if len(lengths) > 1:
+            raise ValueError(
+                f"captions of one batch encode to different lengths {sorted(lengths)} "
+                "(over 75 tokens); shorten the longer captions"
+            )
+        return torch.stack(contexts)
+
+    def batch(self, captions: Sequence[str], drop: Tensor) -> Tensor:
+        """Contexts (B, T, D) with rows where ``drop`` (B,) is True replaced by the empty one."""
+        context = self.lookup(captions)
+        if drop.shape != (context.shape[0],):
+            raise ValueError(f"drop must have shape ({context.shape[0]},), got {tuple(drop.shape)}")
+        if context.shape[1] != self.empty.shape[0]:
+            raise ValueError(
+                f"captions encode to {context.shape[1]} tokens, the empty prompt to "
+                f"{self.empty.shape[0]}; captions over 75 tokens are not supported in training"
+            )
+        return torch.where(drop.view(-1, 1, 1), self.empty.unsqueeze(0), context)

@@ -1,0 +1,304 @@
+"""Typed run configs for the two VQ stages and the runs they drive (``genmodels train``).
+
+A YAML file with ``task: vqgan`` serialises :class:`VQGANRunConfig` (stage 1: the VQGAN);
+``task: transformer`` serialises :class:`TransformerRunConfig` (stage 2: a GPT over the codes of
+a trained VQGAN). Loading checks keys and types with ``genmodels.training.config``'s
+validators, so a typo fails with the dotted key (``train.lrr: unknown key; valid keys: ...``).
+``model:`` may also be the name of a VQGAN preset (``model: digits``).
+
+Output directory (read directly by ``genmodels vq-sample --ckpt DIR``):
+
+* stage 1 writes ``vqgan.safetensors`` + ``vqgan.json`` + ``vqgan_run.yaml`` to ``out_dir``;
+* stage 2 writes ``transformer.safetensors`` + ``transformer.json`` + ``transformer_run.yaml``
+  into ``out_dir`` (default: the VQGAN directory; another directory gets a copy of the
+  VQGAN files). Every file is replaced atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+from torch import Tensor
+
+from genmodels.configs.vqgan import DIGITS, VQConfig, get_vqgan_config
+from genmodels.data.builtin import build_dataset
+from genmodels.models.gpt import GPT, GPTConfig
+from genmodels.models.permuters import PERMUTERS
+from genmodels.models.vqgan import VQModel
+from genmodels.training.config import apply_overrides, config_from_dict, config_to_dict
+from genmodels.training.transformer_train import (
+    TransformerMeta,
+    TransformerTrainConfig,
+    encode_codes,
+    save_transformer,
+    train_transformer,
+)
+from genmodels.training.vqgan_loss import VQGANLossConfig
+from genmodels.training.vqgan_train import (
+    VQGANTrainConfig,
+    load_vqgan,
+    reconstruct_psnr,
+    save_vqgan,
+    train_vqgan,
+    write_atomic,
+)
+
+__all__ = [
+    "VQ_TASKS",
+    "VQDataConfig",
+    "GPTModelConfig",
+    "VQGANRunConfig",
+    "TransformerRunConfig",
+    "build_run_config",
+    "load_run_config",
+    "dump_run_config",
+    "load_images",
+    "run_vqgan",
+    "run_transformer",
+    "small_image_loss",
+    "task_of",
+]
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+def small_image_loss(in_channels: int, disc_start: int = 400) -> VQGANLossConfig:
+    """L1 + L2 + a 2-layer PatchGAN (weight 0.1) from ``disc_start``; perceptual term off
+    (no local LPIPS weights for tiny images)."""
+    return VQGANLossConfig(
+        disc_start=disc_start,
+        perceptual_weight=0.0,
+        l2_weight=1.0,
+        disc_in_channels=in_channels,
+        disc_num_layers=2,
+        disc_ndf=32,
+        disc_weight=0.1,
+    )
+
+
+@dataclass
+class VQDataConfig:
+    """Training images: ``digits``, ``emoji`` or an image ``folder`` at ``path``, at ``size`` px."""
+
+    dataset: Literal["digits", "emoji", "folder"] = "digits"
+    path: str | None = None
+    size: int = 16
+
+
+@dataclass
+class GPTModelConfig:
+    """minGPT sizes; ``vocab_size`` and ``block_size`` follow from the VQGAN and the classes."""
+
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    embd_pdrop: float = 0.0
+    resid_pdrop: float = 0.0
+    attn_pdrop: float = 0.0
+
+
+@dataclass
+class VQGANRunConfig:
+    """Stage 1: a VQGAN on ``data`` (Esser et al. 2021), saved to ``out_dir``."""
+
+    model: VQConfig = field(default_factory=lambda: DIGITS)  # in YAML also a preset name
+    data: VQDataConfig = field(default_factory=VQDataConfig)
+    train: VQGANTrainConfig = field(
+        default_factory=lambda: VQGANTrainConfig(loss=small_image_loss(DIGITS.in_channels))
+    )
+    out_dir: str = "runs/vqgan"
+    device: Device = "auto"
+
+    def __post_init__(self) -> None:
+        f = self.model.downsample_factor
+        if self.data.size % f:
+            raise ValueError(f"data.size={self.data.size} is not divisible by model's factor {f}")
+        if self.train.loss.disc_in_channels != self.model.in_channels:
+            raise ValueError(
+                f"train.loss.disc_in_channels={self.train.loss.disc_in_channels} must equal "
+                f"model.in_channels={self.model.in_channels}"
+            )
+
+
+@dataclass
+class TransformerRunConfig:
+    """Stage 2: a GPT over the codes of the VQGAN in ``vqgan_dir`` (taming's Net2Net)."""
+
+    vqgan_dir: str = "runs/vqgan"
+    data: VQDataConfig = field(default_factory=VQDataConfig)
+    gpt: GPTModelConfig = field(default_factory=GPTModelConfig)
+    train: TransformerTrainConfig = field(default_factory=TransformerTrainConfig)
+    permuter: str = "identity"
+    n_classes: int = 10  # class-conditional on the dataset's labels; 0: unconditional (SOS)
+    out_dir: str | None = None  # None: next to the VQGAN, in vqgan_dir
+    device: Device = "auto"
+
+    def __post_init__(self) -> None:
+        if self.permuter not in PERMUTERS:
+            raise ValueError(f"permuter: unknown {self.permuter!r}; valid: {list(PERMUTERS)}")
+        if self.n_classes < 0:
+            raise ValueError(f"n_classes must be >= 0, got {self.n_classes}")
+
+
+VQ_TASKS: dict[str, type] = {"vqgan": VQGANRunConfig, "transformer": TransformerRunConfig}
+RunConfig = VQGANRunConfig | TransformerRunConfig
+
+
+def _deep_update(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``update`` into ``base`` section by section (a file gives only what it changes)."""
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_update(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def _resolve_model(data: dict[str, Any]) -> None:
+    """``model: NAME`` -> the VQGAN preset ``NAME`` as a mapping."""
+    if isinstance(data.get("model"), str):
+        data["model"] = get_vqgan_config(data["model"]).to_dict()
+
+
+def build_run_config(
+    task: str,
+    loaded: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+    base: RunConfig | None = None,
+) -> RunConfig:
+    """The ``task`` config: ``base`` (or the defaults), then ``loaded`` (a YAML mapping), then
+    ``key=value`` overrides; every key and value checked against the dataclasses."""
+    if task not in VQ_TASKS:
+        raise ValueError(f"task: unknown {task!r}; valid: diffusion, {', '.join(VQ_TASKS)}")
+    cls = VQ_TASKS[task]
+    if base is not None and not isinstance(base, cls):
+        raise ValueError(f"task: {task!r} does not match the preset ({type(base).__name__})")
+    data = config_to_dict(base if base is not None else cls())
+    loaded = dict(loaded or {})
+    _resolve_model(loaded)
+    _deep_update(data, loaded)
+    data = apply_overrides(data, list(overrides or []))
+    _resolve_model(data)
+    return config_from_dict(cls, data)
+
+
+def task_of(cfg: RunConfig) -> str:
+    """The ``task:`` name of a run config."""
+    return next(name for name, cls in VQ_TASKS.items() if isinstance(cfg, cls))
+
+
+def load_run_config(
+    path: str | Path, overrides: list[str] | None = None, base: RunConfig | None = None
+) -> RunConfig:
+    """Read a YAML run config with a ``task:`` key (``vqgan`` / ``transformer``)."""
+    loaded = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    default = task_of(base) if base is not None else None
+    task = loaded.pop("task", default)
+    if task is None:
+        raise ValueError(f"{path}: missing task (one of {', '.join(VQ_TASKS)})")
+    return build_run_config(task, loaded, overrides, base)
+
+
+def dump_run_config(cfg: RunConfig, path: str | Path | None = None) -> str:
+    """YAML text of ``cfg`` with its ``task:`` first (written atomically to ``path`` if given)."""
+    text = yaml.safe_dump({"task": task_of(cfg)} | config_to_dict(cfg), sort_keys=False)
+    if path is not None:
+        write_atomic(path, lambda p: p.write_text(text))
+    return text
+
+
+def load_images(data: VQDataConfig) -> tuple[Tensor, Tensor | None]:
+    """All images (N, C, H, W) in [-1, 1] and their labels (N,) (None when unlabelled)."""
+    ds = build_dataset(data.dataset, size=data.size, path=data.path)
+    if hasattr(ds, "images"):
+        return ds.images, ds.labels
+    items = [ds[i] for i in range(len(ds))]  # an image folder: decoded once, kept in memory
+    labels = torch.tensor([label for _, label in items], dtype=torch.long)
+    return torch.stack([x for x, _ in items]), (None if bool((labels < 0).all()) else labels)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def _printer(stage: str) -> Callable[[int, dict[str, float]], None]:
+    def log(step: int, record: dict[str, float]) -> None:
+        values = " ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "step")
+        print(f"{stage} step {step}: {values}", flush=True)
+
+    return log
+
+
+def run_vqgan(cfg: VQGANRunConfig, log: Callable | None = None) -> Path:
+    """Train stage 1 and write the VQGAN to ``cfg.out_dir``; returns that directory."""
+    device = _device(cfg.device)
+    images, _ = load_images(cfg.data)  # (N, C, H, W)
+    if images.shape[1] != cfg.model.in_channels:
+        raise ValueError(
+            f"data.dataset={cfg.data.dataset!r} has {images.shape[1]} channels, "
+            f"model.in_channels={cfg.model.in_channels}"
+        )
+    torch.manual_seed(cfg.train.seed)  # weight initialisation
+    model = VQModel(cfg.model).to(device)
+    records = train_vqgan(model, images, cfg.train, callback=log or _printer("vqgan"))
+    psnr, counts = reconstruct_psnr(model, images.to(device))
+    usage = float((counts > 0).float().mean())
+    print(f"vqgan: PSNR {psnr:.2f} dB, codebook usage {usage:.1%} of {model.n_codes} codes")
+    out = Path(cfg.out_dir)
+    extra = {"psnr_db": psnr, "usage": usage, "steps": cfg.train.steps, "log": records}
+    save_vqgan(out, model.cpu(), extra=extra)
+    dump_run_config(cfg, out / "vqgan_run.yaml")
+    return out
+
+
+def _copy_vqgan(src: Path, dst: Path) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ("vqgan.safetensors", "vqgan.json"):
+        write_atomic(dst / name, lambda p, name=name: shutil.copyfile(src / name, p))
+
+
+def run_transformer(cfg: TransformerRunConfig, log: Callable | None = None) -> Path:
+    """Train stage 2 over the codes of ``cfg.vqgan_dir``; returns the output directory."""
+    device = _device(cfg.device)
+    vq = load_vqgan(cfg.vqgan_dir).to(device)
+    images, labels = load_images(cfg.data)
+    if images.shape[1] != vq.cfg.in_channels:
+        raise ValueError(
+            f"data has {images.shape[1]} channels, the VQGAN in {cfg.vqgan_dir} expects "
+            f"{vq.cfg.in_channels}"
+        )
+    if cfg.n_classes > 0:
+        if labels is None:
+            raise ValueError(f"n_classes={cfg.n_classes} but data.dataset has no labels")
+        if int(labels.max()) >= cfg.n_classes:
+            raise ValueError(f"n_classes={cfg.n_classes} but labels go up to {int(labels.max())}")
+    codes = encode_codes(vq, images.to(device)).cpu()  # (N, h, w)
+    h, w = codes.shape[1:]
+    gpt_cfg = GPTConfig(
+        vocab_size=vq.n_codes + max(cfg.n_classes, 1), block_size=h * w, **asdict(cfg.gpt)
+    )
+    meta = TransformerMeta(gpt_cfg, vq.n_codes, cfg.n_classes, (h, w), cfg.permuter)
+    torch.manual_seed(cfg.train.seed)  # weight initialisation
+    gpt = GPT(gpt_cfg).to(device)
+    cond = labels if cfg.n_classes > 0 else None
+    records = train_transformer(gpt, meta, codes, cond, cfg.train, log or _printer("transformer"))
+    src = Path(cfg.vqgan_dir)
+    out = Path(cfg.out_dir) if cfg.out_dir is not None else src
+    if out.resolve() != src.resolve():  # vq-sample reads both models from one directory
+        _copy_vqgan(src, out)
+    save_transformer(out, gpt.cpu(), meta)
+    dump_run_config(cfg, out / "transformer_run.yaml")
+    text = json.dumps(records, indent=1)
+    write_atomic(out / "transformer_log.json", lambda p: p.write_text(text))
+    return out

@@ -1,0 +1,143 @@
+"""Text-conditional training: frozen encoder, per-caption cache, CFG dropout, config errors."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from genmodels.configs.train import get_train_config
+from genmodels.configs.unet import UNetConfig
+from genmodels.data.digits import load_digits_tensor
+from genmodels.data.tensor_dataset import ImageTensorDataset
+from genmodels.models.text.encoders import TextEncoder
+from genmodels.training.config import (
+    DataConfig,
+    EMAConfig,
+    ObjectiveConfig,
+    OptimConfig,
+    TextConfig,
+    load_config,
+)
+from genmodels.training.text_cond import CaptionEmbeddings, load_text_encoder
+from genmodels.training.trainer import Trainer
+from tests.training.helpers import tiny_config
+
+NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+TEXT_UNET = UNetConfig(
+    in_channels=1, out_channels=1, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+    attention_resolutions=(2,), num_head_channels=32, context_dim=32,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def encoder() -> TextEncoder:
+    torch.manual_seed(0)
+    return TextEncoder("tiny-sd1").eval()
+
+
+def _captioned_digits(n: int = 16) -> ImageTensorDataset:
+    x, y = load_digits_tensor(8)
+    return ImageTensorDataset(x[:n], captions=[f"a digit {NAMES[int(i)]}" for i in y[:n]])
+
+
+def _text_cfg(tmp_path, **kw):
+    fields = dict(
+        model=TEXT_UNET, text=TextConfig(encoder="tiny-sd1"), ema=EMAConfig(enabled=False),
+        data=DataConfig(dataset="digits", size=8, batch_size=16),
+        objective=ObjectiveConfig(kind="edm", cond_drop_prob=0.0), optim=OptimConfig(lr=3e-3),
+        sample_steps=3, guidance_scale=2.0,
+    )  # fmt: skip
+    fields.update(kw)
+    return tiny_config(tmp_path / "run", **fields)
+
+
+def test_caption_cache_and_empty_prompt_dropout(encoder):
+    emb = CaptionEmbeddings(encoder)
+    assert len(emb) == 1 and emb.empty.shape == (77, 32) and emb.context_dim == 32
+    with torch.no_grad():
+        direct = encoder(["a red heart", ""]).context
+    torch.testing.assert_close(emb.empty, direct[1])
+    ctx = emb.batch(["a red heart", "a cat", "a red heart"], torch.tensor([False, True, False]))
+    assert ctx.shape == (3, 77, 32) and len(emb) == 3  # "", "a cat", "a red heart"
+    torch.testing.assert_close(ctx[0], direct[0])
+    torch.testing.assert_close(ctx[1], emb.empty)  # dropped -> empty prompt
+    assert torch.equal(ctx[0], ctx[2])
+    with pytest.raises(ValueError, match="drop must have shape"):
+        emb.batch(["a cat"], torch.tensor([True, False]))
+    with pytest.raises(ValueError, match="sequence of str"):
+        emb.lookup("a cat")
+
+
+def test_text_steps_reduce_loss_on_fixed_batch(tmp_path, encoder):
+    data = _captioned_digits(16)
+    trainer = Trainer(_text_cfg(tmp_path), dataset=data, text_encoder=encoder)
+    assert len(trainer.text) == 11  # the empty prompt + 10 distinct captions, encoded once
+    draws = trainer.objective.draw(16, (1, 8, 8), torch.Generator().manual_seed(1))
+    context = trainer.text.batch(data.captions, draws.drop)
+
+    def loss() -> torch.Tensor:
+        return trainer.objective.loss(data.images, None, draws, context).mean()
+
+    with torch.no_grad():
+        before = float(loss())
+    for _ in range(15):  # the trainer's model + optimiser on one fixed batch and draw
+        trainer.optimizer.zero_grad()
+        loss().backward()
+        trainer.optimizer.step()
+    with torch.no_grad():
+        assert float(loss()) < 0.7 * before
+    grid = trainer.save_samples(tmp_path / "grid.png", per_class=1)
+    assert grid is not None and grid.is_file()
+
+
+def test_training_sees_the_dropped_context(tmp_path, encoder):
+    cfg = _text_cfg(tmp_path, objective=ObjectiveConfig(kind="eps", cond_drop_prob=0.5))
+    trainer = Trainer(cfg, dataset=_captioned_digits(16), text_encoder=encoder)
+    seen = []
+    inner = trainer.objective.denoiser
+
+    def spy(x, sigma, **cond):
+        seen.append(cond["context"])
+        return inner(x, sigma, **cond)
+
+    trainer.objective.denoiser = spy
+    trainer.train_step()
+    empty = (seen[0] == trainer.text.empty).flatten(1).all(1)
+    assert 0 < int(empty.sum()) < 16  # some rows dropped to the empty prompt, not all
+
+
+def test_load_text_encoder_from_path(tmp_path, encoder):
+    path = tmp_path / "text.safetensors"
+    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(path))
+    loaded = load_text_encoder(TextConfig(encoder="tiny-sd1", path=str(path)))
+    assert not any(p.requires_grad for p in loaded.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(["a cat"]).context, encoder(["a cat"]).context)
+    with pytest.raises(ValueError, match="does not fit text.encoder='tiny-sd2'"):
+        load_text_encoder(TextConfig(encoder="tiny-sd2", path=str(path)))
+
+
+def test_text_config_errors(tmp_path, encoder):
+    with pytest.raises(ValueError, match="text.encodr: unknown key"):
+        load_config(None, ["text.encodr=tiny-sd1"])
+    with pytest.raises(ValueError, match="set model.context_dim"):
+        load_config(None, ["text.encoder=tiny-sd1", "model.num_classes=null"])
+    with pytest.raises(ValueError, match="cannot be combined"):
+        load_config(None, ["text.encoder=tiny-sd1", "model.context_dim=32"])
+    with pytest.raises(ValueError, match="text.path is set but text.encoder is null"):
+        load_config(None, ["text.path=x.safetensors"])
+    x, y = load_digits_tensor(8)
+    with pytest.raises(ValueError, match="has no captions"):
+        Trainer(_text_cfg(tmp_path), dataset=ImageTensorDataset(x[:16]), text_encoder=encoder)
+    wide = _text_cfg(tmp_path, model=replace(TEXT_UNET, context_dim=64))
+    with pytest.raises(ValueError, match="model.context_dim=64 does not match"):
+        Trainer(wide, dataset=_captioned_digits(), text_encoder=encoder)
+
+
+def test_emoji_text_preset_is_consistent():
+    cfg = get_train_config("emoji-text")
+    assert cfg.text.encoder == "tiny-sd1" and cfg.model.context_dim == 32
+    assert cfg.model.num_classes is None and cfg.data.dataset == "emoji"

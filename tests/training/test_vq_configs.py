@@ -1,0 +1,193 @@
+"""VQ run configs: YAML round trips, key/type errors, and ``genmodels train`` for both VQ stages
+followed by ``genmodels vq-sample`` on the result (tiny models on 8x8 digits)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from genmodels.cli.main import main
+from genmodels.configs.vq_train import VQ_TRAIN_PRESETS, get_vq_train_config
+from genmodels.configs.vqgan import TINY
+from genmodels.training.transformer_train import load_transformer
+from genmodels.training.vq_config import (
+    TransformerRunConfig,
+    VQGANRunConfig,
+    build_run_config,
+    dump_run_config,
+    load_run_config,
+)
+from genmodels.training.vqgan_train import load_vqgan
+
+# f2 on 8x8 digits -> 4x4 codes from 16 codes; a 1-layer PatchGAN from step 2.
+TINY_VQGAN = {
+    "task": "vqgan",
+    "model": {
+        "ch": 8,
+        "ch_mult": [1, 2],
+        "num_res_blocks": 1,
+        "attn_resolutions": [],
+        "in_channels": 1,
+        "out_ch": 1,
+        "resolution": 8,
+        "z_channels": 4,
+        "num_groups": 4,
+        "n_embed": 16,
+        "embed_dim": 4,
+        "quantizer": "ema",
+        "kmeans_init": True,
+    },
+    "data": {"dataset": "digits", "size": 8},
+    "train": {
+        "steps": 4,
+        "batch_size": 8,
+        "log_every": 2,
+        "loss": {
+            "disc_start": 2,
+            "perceptual_weight": 0.0,
+            "disc_in_channels": 1,
+            "disc_num_layers": 1,
+            "disc_ndf": 8,
+        },
+    },  # fmt: skip
+    "device": "cpu",
+}
+
+
+def _tiny_transformer(vq_dir: Path, out_dir: Path) -> dict:
+    return {
+        "task": "transformer",
+        "vqgan_dir": str(vq_dir),
+        "data": {"dataset": "digits", "size": 8},
+        "gpt": {"n_layer": 1, "n_head": 2, "n_embd": 16},
+        "train": {"steps": 3, "batch_size": 8, "warmup_steps": 1, "log_every": 3},
+        "permuter": "z_curve",
+        "n_classes": 10,
+        "out_dir": str(out_dir),
+        "device": "cpu",
+    }
+
+
+@pytest.mark.parametrize("name", sorted(VQ_TRAIN_PRESETS))
+def test_preset_yaml_round_trip(name: str, tmp_path: Path) -> None:
+    cfg = get_vq_train_config(name)
+    path = tmp_path / "run.yaml"
+    dump_run_config(cfg, path)
+    assert load_run_config(path) == cfg
+    assert yaml.safe_load(path.read_text())["task"] == (
+        "vqgan" if "vqgan" in name else "transformer"
+    )
+
+
+def test_file_overrides_and_model_preset_name(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(TINY_VQGAN))
+    cfg = load_run_config(path, ["train.lr=5e-4", "model.n_embed=8"])
+    assert isinstance(cfg, VQGANRunConfig)
+    assert (cfg.train.lr, cfg.model.n_embed, cfg.model.ch_mult) == (5e-4, 8, (1, 2))
+    assert cfg.train.loss.disc_ndf == 8 and cfg.train.betas == (0.5, 0.9)  # untouched defaults
+    # ``model: NAME`` is a VQGAN preset; later overrides refine it
+    cfg = build_run_config("vqgan", {"model": "tiny"}, ["model.n_embed=8"])
+    assert cfg.model.ch == TINY.ch and cfg.model.n_embed == 8
+    # the file's keys merge over a preset base
+    base = get_vq_train_config("transformer-digits")
+    cfg = build_run_config("transformer", {"gpt": {"n_layer": 2}}, base=base)
+    assert isinstance(cfg, TransformerRunConfig)
+    assert (cfg.gpt.n_layer, cfg.gpt.n_embd, cfg.train.steps) == (2, 128, base.train.steps)
+
+
+@pytest.mark.parametrize(
+    "task, override, message",
+    [
+        ("vqgan", "train.lrr=1", "train.lrr: unknown key"),
+        ("vqgan", "train.loss.disc_strat=3", "train.loss.disc_strat: unknown key"),
+        ("vqgan", "model.chh=3", "model.chh: unknown key"),
+        ("vqgan", "train.steps=many", "train.steps: expected an integer"),
+        ("vqgan", "model.ch_mult=[1, x]", "model.ch_mult[1]: expected an integer"),
+        ("vqgan", "data.dataset=mnist", "data.dataset: 'mnist' is not one of"),
+        ("vqgan", "model=nosuch", "unknown VQGAN preset 'nosuch'"),
+        ("vqgan", "model.quantizer=kmeans", "unknown quantizer 'kmeans'"),
+        ("vqgan", "train.loss.disc_in_channels=3", "train.loss.disc_in_channels=3 must equal"),
+        ("vqgan", "data.size=10", "data.size=10 is not divisible"),
+        ("transformer", "gpt.n_layer=2.5", "gpt.n_layer: expected an integer"),
+        ("transformer", "permuter=hilbert", "permuter: unknown 'hilbert'"),
+        ("transformer", "train.pkeep=2", "pkeep must be in [0, 1]"),
+        ("transformer", "n_classes=-1", "n_classes must be >= 0"),
+    ],
+)
+def test_bad_keys_and_values_name_the_key(task: str, override: str, message: str) -> None:
+    base = get_vq_train_config(f"{task}-digits")
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        build_run_config(task, None, [override], base=base)
+
+
+def test_task_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ValueError, match="task: unknown 'gan'"):
+        build_run_config("gan")
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"train": {"steps": 3}}))
+    with pytest.raises(ValueError, match="missing task"):
+        load_run_config(path)
+    assert main(["train", str(path), "task=gan", "--print-config"]) == 2
+    assert "task: unknown 'gan'" in capsys.readouterr().err
+    assert main(["train", "--preset", "vqgan-digits", "task=transformer"]) == 2
+    assert "does not match preset 'vqgan-digits'" in capsys.readouterr().err
+    assert main(["train", "--preset", "no-such"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown training preset 'no-such'" in err and "vqgan-digits" in err
+    assert main(["train", "--preset", "vqgan-digits", "--resume"]) == 2
+    assert "--resume is not supported" in capsys.readouterr().err
+
+
+def test_cli_print_config_reads_back(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--preset", "vqgan-digits", "--print-config", "train.steps=7"]) == 0
+    path = tmp_path / "printed.yaml"
+    path.write_text(capsys.readouterr().out)
+    cfg = load_run_config(path)
+    assert cfg.train.steps == 7 and cfg.model == get_vq_train_config("vqgan-digits").model
+    # an explicit ``task: diffusion`` gives the same config as no task key
+    diff = tmp_path / "diff.yaml"
+    diff.write_text(yaml.safe_dump({"steps": 3, "optim": {"lr": 1e-4}}))
+    assert main(["train", str(diff), "--print-config"]) == 0
+    plain = capsys.readouterr().out
+    diff.write_text(yaml.safe_dump({"task": "diffusion", "steps": 3, "optim": {"lr": 1e-4}}))
+    assert main(["train", str(diff), "--print-config"]) == 0
+    assert capsys.readouterr().out == plain and "steps: 3" in plain
+
+
+def test_train_both_stages_then_vq_sample(tmp_path: Path) -> None:
+    vq_dir, gpt_dir, img_dir = tmp_path / "vq", tmp_path / "gpt", tmp_path / "png"
+    vq_yaml = tmp_path / "vqgan.yaml"
+    vq_yaml.write_text(yaml.safe_dump(TINY_VQGAN))
+    assert main(["train", str(vq_yaml), f"out_dir={vq_dir}"]) == 0
+    meta = json.loads((vq_dir / "vqgan.json").read_text())
+    assert [r["step"] for r in meta["log"]] == [2, 4] and "d_loss" in meta["log"][1]
+    assert 0 < meta["usage"] <= 1 and meta["psnr_db"] > 0
+    assert load_run_config(vq_dir / "vqgan_run.yaml").out_dir == str(vq_dir)
+    assert load_vqgan(vq_dir).n_codes == 16
+
+    gpt_yaml = tmp_path / "transformer.yaml"
+    gpt_yaml.write_text(yaml.safe_dump(_tiny_transformer(vq_dir, gpt_dir)))
+    assert main(["train", str(gpt_yaml)]) == 0
+    for name in ("vqgan.safetensors", "vqgan.json", "transformer.safetensors", "transformer.json"):
+        assert (gpt_dir / name).is_file()  # a self-contained directory for vq-sample
+    assert not list(gpt_dir.glob(".*tmp*"))  # no temporary files left behind
+    gpt, tmeta = load_transformer(gpt_dir)
+    assert (tmeta.n_codes, tmeta.n_classes, tmeta.grid, tmeta.permuter) == (
+        16, 10, (4, 4), "z_curve"
+    )  # fmt: skip
+    assert (tmeta.gpt.vocab_size, tmeta.gpt.block_size, tmeta.gpt.n_layer) == (26, 16, 1)
+    assert len(gpt.blocks) == 1
+
+    args = ["vq-sample", "--ckpt", str(gpt_dir), "--class", "3", "--n", "2", "--seed", "5"]
+    assert main([*args, "--outdir", str(img_dir)]) == 0
+    files = sorted(img_dir.glob("*.png"))
+    assert [f.name for f in files] == ["000005.png", "000006.png"]
+    with Image.open(files[1]) as img:
+        assert img.size == (8, 8)
+        params = json.loads(img.text["parameters"])
+    assert params["class"] == 3 and params["seed"] == 6
