@@ -21,6 +21,8 @@ from genmodels.training.transformer_train import (
     TransformerTrainConfig,
     encode_codes,
     load_transformer,
+    make_cond_image,
+    make_prefix,
     sample_images,
     save_transformer,
     train_transformer,
@@ -85,7 +87,8 @@ def test_vq_sample_writes_pngs_with_parameters(ckpt: Path, tmp_path: Path) -> No
     assert img.size == (32, 32) and img.mode == "L"
     params = json.loads(img.text["parameters"])
     assert params == {
-        "ckpt": str(ckpt), "class": 1, "temperature": 0.8, "top_k": None, "top_p": 0.9, "seed": 11
+        "ckpt": str(ckpt), "class": 1, "temperature": 0.8, "top_k": None, "top_p": 0.9, "seed": 11,
+        "size": 16, "cond_image": None,
     }  # fmt: skip
     single = tmp_path / "single"
     _run(*argv, "--n", "1", "--seed", "11", "--outdir", str(single), "--scale", "2")
@@ -100,3 +103,91 @@ def test_vq_sample_bad_input(ckpt: Path, tmp_path: Path) -> None:
         _run("--ckpt", str(ckpt), "--class", "3", "--outdir", str(tmp_path))
     with pytest.raises(ValueError, match="not a VQGAN checkpoint directory"):
         _run("--ckpt", str(tmp_path / "missing"), "--class", "0")
+    with pytest.raises(ValueError, match="not image-conditional: --cond-image"):
+        _run("--ckpt", str(ckpt), "--class", "0", "--cond-image", "x.png")
+    with pytest.raises(ValueError, match="sliding-window sampling needs raster order"):
+        _run("--ckpt", str(ckpt), "--class", "0", "--size", "24", "--outdir", str(tmp_path))
+    with pytest.raises(ValueError, match="below the training size 16"):
+        _run("--ckpt", str(ckpt), "--class", "0", "--size", "8", "--outdir", str(tmp_path))
+
+
+def test_bad_gpt_weights_name_the_file_and_key(ckpt: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name in ("transformer.json", "vqgan.json", "vqgan.safetensors"):
+        (bad / name).write_bytes((ckpt / name).read_bytes())
+    sd = load_file(str(ckpt / "transformer.safetensors"))
+    del sd["head.weight"]
+    save_file(sd, str(bad / "transformer.safetensors"))
+    with pytest.raises(
+        ValueError, match=r"transformer.safetensors: .*missing keys \['head.weight'\]"
+    ):
+        load_transformer(bad)
+
+
+def test_sliding_window_sampling_of_larger_images(ckpt: Path) -> None:
+    vq, (gpt, meta) = load_vqgan(ckpt), load_transformer(ckpt)
+    raster = replace(meta, permuter="identity")
+    labels = torch.tensor([0, 2])
+    big = sample_images(vq, gpt, raster, labels, 2, seed=5, top_k=8, size=24)  # 6x6 codes
+    assert big.shape == (2, 1, 24, 24) and big.abs().max() <= 1
+    single = sample_images(vq, gpt, raster, labels[1:], 1, seed=6, top_k=8, size=24)
+    torch.testing.assert_close(big[1:], single)
+    # at the training size the window covers the grid: plain (cached) sampling is used
+    torch.testing.assert_close(
+        sample_images(vq, gpt, raster, labels, 2, seed=5, size=16),
+        sample_images(vq, gpt, raster, labels, 2, seed=5),
+    )
+
+
+def test_make_cond_image_by_hand() -> None:
+    x = torch.arange(16.0).view(1, 1, 4, 4) / 15 * 2 - 1
+    low = make_cond_image(x, "lowres", 2)
+    torch.testing.assert_close(low, x.view(1, 1, 2, 2, 2, 2).mean((3, 5)))  # 2x2 block means
+    torch.testing.assert_close(make_cond_image(x.repeat(1, 3, 1, 1), "lowres", 2, 1), low)
+    assert make_cond_image(x, "lowres", 2, channels=3).shape == (1, 3, 2, 2)
+    step = torch.ones(1, 1, 4, 4)
+    step[..., :2] = -1  # a vertical edge between columns 1 and 2
+    # Sobel: gx = 4 * (x[j+1] - x[j-1]) = 8 at columns 1 and 2 (replicate padding), 0 elsewhere;
+    # the magnitude is scaled by its maximum to [0, 1], then to [-1, 1]
+    expected = -torch.ones(1, 1, 4, 4)
+    expected[..., 1:3] = 1.0
+    torch.testing.assert_close(make_cond_image(step, "edges", 4), expected)
+    torch.testing.assert_close(make_cond_image(step, "edges", 2), torch.zeros(1, 1, 2, 2))
+    with pytest.raises(ValueError, match="unknown cond_image"):
+        make_cond_image(x, "depth", 2)
+
+
+def test_image_conditional_training_and_sampling() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(16, 1, 16, 16) * 2 - 1
+    vq = VQModel(TINY).eval()
+    codes = encode_codes(vq, x)
+    cond_codes = encode_codes(vq, make_cond_image(x, "lowres", 8))  # (16, 2, 2)
+    n = TINY.n_embed
+    gcfg = GPTConfig(vocab_size=2 * n, block_size=4 + 16 - 1, n_layer=1, n_head=2, n_embd=16)
+    meta = TransformerMeta(
+        gcfg, n, 0, (4, 4), cond_image="lowres", cond_size=8, cond_grid=(2, 2), cond_n_codes=n
+    )
+    assert TransformerMeta.from_dict(meta.to_dict()) == meta
+    # the condition is the cond codes as tokens n_codes + c
+    assert torch.equal(make_prefix(meta, None, 2, cond_codes[:2]), cond_codes[:2].view(2, 4) + n)
+    with pytest.raises(ValueError, match=r"needs cond codes \(2, 2, 2\)"):
+        make_prefix(meta, None, 2)
+    gpt = GPT(gcfg)
+    tcfg = TransformerTrainConfig(steps=2, batch_size=4, warmup_steps=1, log_every=2)
+    assert len(train_transformer(gpt, meta, codes, None, tcfg, cond_codes=cond_codes)) == 1
+    a = sample_images(vq, gpt, meta, None, 2, seed=3, cond_images=x[:2])
+    b = sample_images(vq, gpt, meta, None, 1, seed=4, cond_images=x[1:2])
+    assert a.shape == (2, 1, 16, 16)
+    torch.testing.assert_close(a[1:], b)
+    with pytest.raises(ValueError, match="image-conditional: pass 2 cond_images"):
+        sample_images(vq, gpt, meta, None, 2)
+    with pytest.raises(ValueError, match="cond grid \\(2, 2\\) equal to the code grid"):
+        sample_images(vq, gpt, meta, None, 2, cond_images=x[:2], size=24)
+    with pytest.raises(ValueError, match="n_classes=0"):
+        TransformerMeta(gcfg, n, 3, (4, 4), cond_image="lowres", cond_grid=(2, 2), cond_n_codes=n)
+    with pytest.raises(ValueError, match="block_size 16 < 4 conditioning tokens"):
+        replace(meta, gpt=GPTConfig(2 * n, 16, n_layer=1, n_head=2, n_embd=16))

@@ -11,6 +11,7 @@ from genmodels.models.gpt import (
     GPTConfig,
     class_prefix,
     corrupt_tokens,
+    gpt_config_from_state_dict,
     next_token_loss,
     sos_prefix,
     teacher_forcing,
@@ -99,6 +100,49 @@ def test_taming_state_dict_loads_strict_and_matches_mingpt(n_unmasked):
     ref = _mingpt_reference(sd, cfg, idx)
     torch.testing.assert_close(logits, ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(loss, F.cross_entropy(ref.reshape(-1, 11), idx.reshape(-1)))
+
+
+@pytest.mark.parametrize("n_unmasked", [0, 5])
+def test_net2net_checkpoint_loads_via_the_transformer_prefix(n_unmasked):
+    # a taming Net2NetTransformer state dict: the GPT under ``transformer.`` beside the stages
+    cfg = GPTConfig(11, 16, n_layer=2, n_head=4, n_embd=16, n_unmasked=n_unmasked)
+    gpt_sd = _taming_state_dict(cfg)
+    others = {
+        "first_stage_model.quantize.embedding.weight": torch.zeros(8, 4),
+        "cond_stage_model.quant_conv.weight": torch.zeros(4, 4, 1, 1),
+        "permuter.forward_shuffle_idx": torch.arange(16),
+    }
+    ckpt = {f"transformer.{k}": v for k, v in gpt_sd.items()} | others
+    inferred = gpt_config_from_state_dict(ckpt, n_head=4)
+    assert inferred == cfg
+    model = GPT(inferred).eval()
+    assert sorted(model.load_taming_state_dict(ckpt)) == sorted(others)
+    idx = torch.randint(0, 11, (2, 16), generator=torch.Generator().manual_seed(0))
+    ref = _mingpt_reference(gpt_sd, cfg, idx)
+    torch.testing.assert_close(model(idx)[0], ref, atol=1e-5, rtol=1e-5)
+    # a bare GPT state dict loads with prefix=""
+    GPT(cfg).load_taming_state_dict(gpt_sd, prefix="")
+
+
+def test_net2net_checkpoint_mismatch_names_the_key():
+    cfg = GPTConfig(11, 16, n_layer=2, n_head=4, n_embd=16)
+    ckpt = {f"transformer.{k}": v for k, v in _taming_state_dict(cfg).items()}
+    del ckpt["transformer.blocks.1.attn.proj.bias"]
+    with pytest.raises(ValueError, match=r"missing keys \['blocks.1.attn.proj.bias'\]"):
+        GPT(cfg).load_taming_state_dict(ckpt)
+    ckpt = {f"transformer.{k}": v for k, v in _taming_state_dict(cfg).items()}
+    ckpt["transformer.blocks.0.attn.c_attn.weight"] = torch.zeros(48, 16)
+    with pytest.raises(ValueError, match=r"unexpected keys \['blocks.0.attn.c_attn.weight'\]"):
+        GPT(cfg).load_taming_state_dict(ckpt)
+    bigger = GPTConfig(12, 16, n_layer=2, n_head=4, n_embd=16)
+    with pytest.raises(ValueError, match="shape mismatch for transformer.tok_emb.weight"):
+        GPT(bigger).load_taming_state_dict(
+            {f"transformer.{k}": v for k, v in _taming_state_dict(cfg).items()}
+        )
+    with pytest.raises(ValueError, match="no key starts with 'transformer.'"):
+        GPT(cfg).load_taming_state_dict(_taming_state_dict(cfg))
+    with pytest.raises(ValueError, match="transformer.pos_emb is missing"):
+        gpt_config_from_state_dict({"transformer.tok_emb.weight": torch.zeros(3, 4)}, n_head=1)
 
 
 @pytest.mark.parametrize("n_unmasked", [0, 4])
@@ -237,6 +281,20 @@ def test_sliding_window_equals_plain_sampling_when_window_covers_grid():
     plain = sample(model, prefix, 16, generators=3, top_p=0.9)
     windowed = sample_sliding_window(model, (4, 4), (4, 4), prefix=prefix, generators=3, top_p=0.9)
     assert torch.equal(windowed.view(2, 16), plain)
+
+
+def test_sliding_window_callback_restricts_the_vocabulary():
+    model = _gpt(block_size=17)
+    steps = []
+
+    def only_low_codes(step, logits):
+        steps.append(step)
+        logits[:, 5:] = float("-inf")
+
+    codes = sample_sliding_window(
+        model, (6, 5), (4, 4), prefix=sos_prefix(2, 12), generators=1, callback=only_low_codes
+    )
+    assert codes.max() < 5 and steps == list(range(30))  # one call per position, raster order
 
 
 def test_sliding_window_on_larger_grid_with_cond_codes():

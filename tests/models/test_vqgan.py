@@ -47,7 +47,7 @@ def test_imagenet_preset_has_taming_keys_and_shapes() -> None:
     assert "encoder.down.4.downsample.conv.weight" not in sd
     assert IMAGENET_F16_1024.downsample_factor == 16
     assert model.quantize.legacy and model.quantize.beta == 0.25  # taming's released behaviour
-    assert not VQModel(TINY).quantize.legacy
+    assert not VQModel(TINY).quantize.legacy and not VQConfig().legacy  # beta on commitment
 
 
 def _taming_state_dict(cfg: VQConfig, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -150,3 +150,53 @@ def test_config_validation_and_round_trip() -> None:
     cfg = get_vqgan_config("digits", n_embed=48)
     assert VQConfig.from_dict(cfg.to_dict()) == cfg
     assert cfg.latent_shape(16) == (4, 4)
+
+
+def test_gumbel_preset_has_taming_gumbel_keys() -> None:
+    # taming's vqgan_gumbel_f8_8192 layout (GumbelVQ) at a quarter of the width
+    cfg = get_vqgan_config("gumbel_f8_8192", ch=32)
+    sd = VQModel(cfg).state_dict()
+    assert cfg.downsample_factor == 8 and cfg.kl_weight == 1e-8
+    assert tuple(sd["quantize.proj.weight"].shape) == (8192, 256, 1, 1)
+    assert tuple(sd["quantize.embed.weight"].shape) == (8192, 256)
+    assert "quantize.embedding.weight" not in sd and "encoder.down.3.attn.0.q.weight" in sd
+
+
+def test_net2net_first_stage_loads_with_its_prefix() -> None:
+    sd = _taming_state_dict(TINY)
+    ckpt = {f"first_stage_model.{k}": v for k, v in sd.items()}
+    ckpt |= {"transformer.tok_emb.weight": torch.zeros(3, 4), "cond_stage_model.x": torch.ones(1)}
+    model = VQModel(TINY)
+    model.load_taming_state_dict(ckpt, prefix="first_stage_model.")
+    torch.testing.assert_close(model.quantize.embedding.weight, sd["quantize.embedding.weight"])
+
+
+@pytest.mark.parametrize("quantizer", ["vq", "gumbel"])
+def test_remap_restricts_indices_and_loads_taming_used_buffer(quantizer: str, tmp_path) -> None:  # noqa: ANN001
+    import numpy as np
+
+    used = [1, 4, 9, 16, 25]
+    np.save(tmp_path / "used.npy", np.array(used))
+    cfg = replace(
+        TINY, quantizer=quantizer, remap=str(tmp_path / "used.npy"), unknown_index="extra"
+    )
+    torch.manual_seed(0)
+    model = VQModel(cfg).eval()
+    assert model.n_codes == 6  # five used codes + the "extra" unknown index
+    assert model.state_dict()["quantize.used"].tolist() == used
+    x = torch.randn(2, 1, 16, 16)
+    torch.manual_seed(1)
+    idx = model.encode_to_indices(x)
+    assert 0 <= int(idx.min()) and int(idx.max()) <= 5
+    with pytest.raises(ValueError, match=r"code indices must lie in \[0, 6\)"):
+        model.decode_code(torch.full((1, 4, 4), 6))
+    # the remapped index k decodes to code used[k]
+    table = model.quantize.embedding.weight if quantizer == "vq" else model.quantize.embed.weight
+    entry = model.quantize.get_codebook_entry(torch.tensor([[[2]]]))  # (1, C, 1, 1)
+    torch.testing.assert_close(entry[0, :, 0, 0], table[9])
+    # a list remap gives the same model, and its state dict (with ``quantize.used``) loads
+    listed = VQModel(replace(cfg, remap=tuple(used)))
+    listed.load_taming_state_dict(model.state_dict())
+    assert VQConfig.from_dict(replace(cfg, remap=tuple(used)).to_dict()).remap == tuple(used)
+    with pytest.raises(ValueError, match="FSQ has none"):
+        replace(cfg, quantizer="fsq")

@@ -92,6 +92,26 @@ def test_constant_and_lambda_linear():
     # decaying cycle: f_min + (f_max - f_min) * (L - n) / L
     g = lr_lambda(OptimConfig(schedule="lambda_linear", f_min=0.2, cycle_length=100), 100)
     assert g(50) == pytest.approx(0.2 + 0.8 * 0.5)
+    assert g(100) == pytest.approx(0.2)
+    # past its cycle ldm's scheduler has no value (ours would go below f_min): refused
+    with pytest.raises(ValueError, match="cycle_length=100 is shorter than the run"):
+        lr_lambda(OptimConfig(schedule="lambda_linear", f_min=0.2, cycle_length=100), 101)
+
+
+def test_lambda_linear_matches_ldm_formula():
+    # ldm LambdaLinearScheduler.schedule(n) for one cycle, written out from its definition
+    warm, f_start, f_max, f_min, length = 7, 0.01, 2.0, 0.5, 50
+
+    def ldm(n: int) -> float:
+        if n < warm:
+            return (f_max - f_start) / warm * n + f_start
+        return f_min + (f_max - f_min) * (length - n) / length
+
+    cfg = OptimConfig(schedule="lambda_linear", warmup_steps=warm, f_start=f_start,
+                      f_max=f_max, f_min=f_min, cycle_length=length)  # fmt: skip
+    f = lr_lambda(cfg, 50)
+    for n in range(51):
+        assert f(n) == pytest.approx(ldm(n), rel=1e-12)
 
 
 def test_scheduler_drives_optimizer():

@@ -83,3 +83,20 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
         assert a.keys() == b.keys()
         for key in a:
             assert torch.equal(a[key], b[key]), (name, key)
+
+
+def test_resaving_a_step_replaces_it_and_clears_stale_temp_dirs(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, steps=2, ema=EMAConfig(enabled=False)))
+    root = tmp_path / "checkpoints"
+    trainer.train_step()
+    first = trainer.save_checkpoint()
+    (root / ".tmp-step-00000007-99999").mkdir()  # a killed writer's leftovers
+    (root / ".tmp-old-step-00000001-99999").mkdir()
+    with torch.no_grad():
+        next(trainer.model.parameters()).add_(1.0)
+    again = trainer.save_checkpoint()
+    assert again == first and sorted(p.name for p in root.iterdir()) == ["step-00000001"]
+    other = Trainer(tiny_config(tmp_path, steps=2, ema=EMAConfig(enabled=False)))
+    assert other.resume()
+    for a, b in zip(trainer.model.parameters(), other.model.parameters()):
+        assert torch.equal(a, b)

@@ -4,15 +4,19 @@ followed by ``genmodels vq-sample`` on the result (tiny models on 8x8 digits).""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
 from genmodels.cli.main import main
 from genmodels.configs.vq_train import VQ_TRAIN_PRESETS, get_vq_train_config
 from genmodels.configs.vqgan import TINY
+from genmodels.models.vqgan import VQModel
 from genmodels.training.transformer_train import load_transformer
 from genmodels.training.vq_config import (
     TransformerRunConfig,
@@ -21,7 +25,13 @@ from genmodels.training.vq_config import (
     dump_run_config,
     load_run_config,
 )
-from genmodels.training.vqgan_train import load_vqgan
+from genmodels.training.vqgan_loss import VQGANLossConfig
+from genmodels.training.vqgan_train import (
+    GumbelTemperatureConfig,
+    VQGANTrainConfig,
+    load_vqgan,
+    train_vqgan,
+)
 
 # f2 on 8x8 digits -> 4x4 codes from 16 codes; a 1-layer PatchGAN from step 2.
 TINY_VQGAN = {
@@ -117,6 +127,10 @@ def test_file_overrides_and_model_preset_name(tmp_path: Path) -> None:
         ("transformer", "permuter=hilbert", "permuter: unknown 'hilbert'"),
         ("transformer", "train.pkeep=2", "pkeep must be in [0, 1]"),
         ("transformer", "n_classes=-1", "n_classes must be >= 0"),
+        ("transformer", "cond_image=depth", "cond_image: 'depth' does not match"),
+        ("transformer", "cond_image=lowres", "cond_image='lowres' needs n_classes: 0"),
+        ("transformer", "cond_size=8", "cond_size / cond_vqgan_dir need a cond_image"),
+        ("vqgan", "train.gumbel_temperature.schedule=linear", "schedule: 'linear' is not one"),
     ],
 )
 def test_bad_keys_and_values_name_the_key(task: str, override: str, message: str) -> None:
@@ -191,3 +205,68 @@ def test_train_both_stages_then_vq_sample(tmp_path: Path) -> None:
         assert img.size == (8, 8)
         params = json.loads(img.text["parameters"])
     assert params["class"] == 3 and params["seed"] == 6
+
+
+def test_image_conditional_stage_two_then_vq_sample(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # taming's cond stage: the GPT sees the codes of a 4 px low-resolution copy of each digit
+    # (encoded by the first stage) and samples the 8 px digit's codes after them
+    vq_dir, img_dir = tmp_path / "vq", tmp_path / "png"
+    vq_yaml = tmp_path / "vqgan.yaml"
+    vq_yaml.write_text(yaml.safe_dump(TINY_VQGAN))
+    assert main(["train", str(vq_yaml), f"out_dir={vq_dir}"]) == 0
+    run = _tiny_transformer(vq_dir, vq_dir) | {"n_classes": 0, "cond_image": "lowres"}
+    gpt_yaml = tmp_path / "transformer.yaml"
+    gpt_yaml.write_text(yaml.safe_dump(run))
+    assert main(["train", str(gpt_yaml)]) == 0
+    gpt, meta = load_transformer(vq_dir)
+    assert (meta.cond_image, meta.cond_size, meta.cond_grid, meta.cond_n_codes) == (
+        "lowres", 4, (2, 2), 16
+    )  # fmt: skip
+    assert meta.cond_stage == "first_stage" and not (vq_dir / "cond_vqgan.json").exists()
+    assert (meta.gpt.vocab_size, meta.gpt.block_size) == (32, 4 + 16 - 1)
+
+    source = tmp_path / "cond.png"
+    Image.fromarray((np.arange(64).reshape(8, 8) * 4).astype(np.uint8)).save(source)
+    args = ["vq-sample", "--ckpt", str(vq_dir), "--n", "2", "--outdir", str(img_dir)]
+    assert main(args) == 2
+    assert "conditioned on an image (lowres): pass --cond-image" in capsys.readouterr().err
+    assert main([*args, "--cond-image", str(source)]) == 0
+    with Image.open(sorted(img_dir.glob("*.png"))[0]) as img:
+        assert img.size == (8, 8)
+        params = json.loads(img.text["parameters"])
+    assert params["cond_image"] == str(source) and params["class"] is None
+
+    # edge maps encoded by a separate cond-stage VQGAN, stored beside the first stage
+    edges_dir = tmp_path / "edges"
+    run |= {"cond_image": "edges", "cond_vqgan_dir": str(vq_dir), "out_dir": str(edges_dir)}
+    run["permuter"] = "identity"  # sliding-window sampling reads codes in raster order
+    gpt_yaml.write_text(yaml.safe_dump(run))
+    assert main(["train", str(gpt_yaml)]) == 0
+    _, meta = load_transformer(edges_dir)
+    assert (meta.cond_stage, meta.cond_size, meta.cond_grid) == ("cond_vqgan", 8, (4, 4))
+    assert load_vqgan(edges_dir, name="cond_vqgan").n_codes == 16
+    args = ["vq-sample", "--ckpt", str(edges_dir), "--n", "1", "--cond-image", str(source)]
+    assert main([*args, "--size", "12", "--outdir", str(tmp_path / "big")]) == 0  # sliding window
+    with Image.open(next((tmp_path / "big").glob("*.png"))) as img:
+        assert img.size == (12, 12) and json.loads(img.text["parameters"])["size"] == 12
+
+
+def test_gumbel_temperature_schedule_is_applied_while_training() -> None:
+    sched = GumbelTemperatureConfig(warm_up_steps=2, max_decay_steps=6, t_start=0.5, t_max=1.0)
+    temps = [sched.at(s) for s in (0, 1, 2, 4, 6, 9)]  # warm-up 0.5 -> 1, cosine to t_min 1e-6
+    assert temps == pytest.approx([0.5, 0.75, 1.0, 0.5 + 0.5e-6, 1e-6, 1e-6])
+    expo = GumbelTemperatureConfig(schedule="exponential", t_start=1.0, rate=0.5, t_min=0.2)
+    assert expo.at(0) == 1.0 and expo.at(2) == pytest.approx(np.exp(-1.0)) and expo.at(9) == 0.2
+    assert GumbelTemperatureConfig(schedule="constant", t_start=0.3).at(100) == 0.3
+    with pytest.raises(ValueError, match="warm_up_steps < max_decay_steps"):
+        GumbelTemperatureConfig(warm_up_steps=5, max_decay_steps=5)
+
+    torch.manual_seed(0)
+    model = VQModel(replace(TINY, quantizer="gumbel"))
+    loss = VQGANLossConfig(disc_start=100, perceptual_weight=0.0, disc_in_channels=1)
+    cfg = VQGANTrainConfig(steps=4, batch_size=4, log_every=1, loss=loss, gumbel_temperature=sched)
+    records = train_vqgan(model, torch.rand(8, 1, 16, 16) * 2 - 1, cfg)
+    assert [r["temperature"] for r in records] == [sched.at(s) for s in range(4)]
+    assert model.quantize.temperature == sched.at(3)

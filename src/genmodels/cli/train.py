@@ -21,7 +21,7 @@ import yaml
 
 from genmodels.configs.train import TRAIN_PRESETS, get_train_config
 from genmodels.configs.vq_train import VQ_TRAIN_PRESETS
-from genmodels.training.config import load_config
+from genmodels.training.config import load_config, read_yaml
 from genmodels.training.distributed import shutdown
 from genmodels.training.trainer import Trainer
 from genmodels.training.vq_config import (
@@ -58,12 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _read_yaml(path: str | None) -> dict[str, Any]:
-    if path is None:
-        return {}
-    loaded = yaml.safe_load(Path(path).read_text()) or {}
-    if not isinstance(loaded, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
-    return loaded
+    return {} if path is None else read_yaml(path)
 
 
 def _pick_task(loaded: dict[str, Any], overrides: list[str], preset: str | None) -> str:

@@ -5,7 +5,9 @@ The directory holds ``vqgan.safetensors`` / ``vqgan.json`` and ``transformer.saf
 ``genmodels.training.transformer_train.save_transformer``), e.g. by
 ``genmodels train --preset vqgan-digits`` then ``--preset transformer-digits``. Image i is
 sampled with seed ``seed + i``, so ``--n 4 --seed 10`` gives the same images as four runs with
-seeds 10..13.
+seeds 10..13. An image-conditional model (``cond_image: lowres`` / ``edges``) takes the image
+its condition is made from with ``--cond-image``; ``--size`` above the training size samples
+through a sliding window of the training grid.
 Every PNG carries its settings as JSON in a ``parameters`` text chunk.
 """
 
@@ -20,7 +22,8 @@ import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from genmodels.training.transformer_train import load_transformer, sample_images
+from genmodels.data.transforms import load_rgb, transform_image
+from genmodels.training.transformer_train import load_cond_stage, load_transformer, sample_images
 from genmodels.training.vqgan_train import load_vqgan
 
 
@@ -41,6 +44,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0, help="seed of the first image")
     parser.add_argument("--n", type=int, default=4, help="number of images")
+    parser.add_argument(
+        "--cond-image", default=None, help="image to condition on (image-conditional models)"
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="output size in px (default: the training size; larger: sliding-window sampling)",
+    )
     parser.add_argument("--scale", type=int, default=1, help="enlarge the PNGs (nearest)")
     parser.add_argument("--outdir", default="vq_samples")
     parser.set_defaults(func=run)
@@ -54,6 +66,13 @@ def _to_pil(image: torch.Tensor, scale: int) -> Image.Image:
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     return img
+
+
+def _load_cond(path: str, size: int, channels: int, n: int) -> torch.Tensor:
+    """An image file, centre-cropped to size x size px, as (n, channels, size, size) in [-1, 1]."""
+    x = transform_image(load_rgb(path), size)  # (3, size, size)
+    x = x.mean(0, keepdim=True) if channels == 1 else x
+    return x.unsqueeze(0).expand(n, -1, -1, -1)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,9 +92,20 @@ def run(args: argparse.Namespace) -> int:
             )
         labels = torch.full((args.n,), args.class_label, dtype=torch.long)
     elif args.class_label is not None:
-        raise ValueError("this model is unconditional: --class does not apply")
+        raise ValueError("this model is not class-conditional: --class does not apply")
+    size = args.size or meta.grid[0] * vq.cfg.downsample_factor
+    cond_vq, cond = load_cond_stage(args.ckpt, meta, vq), None
+    if cond_vq is not None:
+        if args.cond_image is None:
+            raise ValueError(
+                f"this model is conditioned on an image ({meta.cond_image}): pass --cond-image"
+            )
+        cond = _load_cond(args.cond_image, size, vq.cfg.in_channels, args.n)
+    elif args.cond_image is not None:
+        raise ValueError("this model is not image-conditional: --cond-image does not apply")
+    sampling = (args.seed, args.temperature, args.top_k, args.top_p)
     images = sample_images(
-        vq, gpt, meta, labels, args.n, args.seed, args.temperature, args.top_k, args.top_p
+        vq, gpt, meta, labels, args.n, *sampling, cond_images=cond, cond_vq=cond_vq, size=size
     )
     outdir = Path(args.outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -87,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
             "top_k": args.top_k,
             "top_p": args.top_p,
             "seed": args.seed + i,
+            "size": size,
+            "cond_image": args.cond_image,
         }
         info = PngInfo()
         info.add_text("parameters", json.dumps(params))

@@ -4,9 +4,13 @@ The digits pair reproduces ``benchmarks/vq_digits.py`` (the issue-6 quality bars
 ``digits`` VQGAN (16 px -> 4x4 codes from 64 EMA codes) with L1 + L2 + a small PatchGAN from
 step 400 (no LPIPS: no local weights for 1-channel 16 px images), then a class-conditional
 4-layer GPT over its codes, written into the same directory for ``genmodels vq-sample``.
+``transformer-digits-lowres`` conditions on the codes of an 8 px copy of each digit instead
+(``genmodels vq-sample --ckpt runs/vq-digits-lowres --cond-image digit.png``).
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from genmodels.configs.vqgan import DIGITS, EMOJI
 from genmodels.training.transformer_train import TransformerTrainConfig
@@ -37,7 +41,12 @@ _TRANSFORMER_DIGITS = TransformerRunConfig(
     train=TransformerTrainConfig(steps=1000, batch_size=128, lr=1e-3, log_every=300),
     n_classes=10,
 )
-# Emoji at 32 px (RGB, 8x8 codes from 128 codes); unlabelled, so the GPT is unconditional.
+# Digits from their 8 px low-resolution copies (taming's cond stage: the first stage encodes
+# the 8 px copy to 2x2 codes, the GPT samples the 4x4 codes of the 16 px digit after them).
+_TRANSFORMER_DIGITS_LOWRES = replace(
+    _TRANSFORMER_DIGITS, n_classes=0, cond_image="lowres", out_dir="runs/vq-digits-lowres"
+)
+# Emoji at 32 px (RGB, 8x8 codes from 128 codes); the GPT is unconditional (group labels unused).
 _VQGAN_EMOJI = VQGANRunConfig(
     model=EMOJI,
     data=VQDataConfig(dataset="emoji", size=32),
@@ -57,6 +66,7 @@ _TRANSFORMER_EMOJI = TransformerRunConfig(
 VQ_TRAIN_PRESETS: dict[str, VQGANRunConfig | TransformerRunConfig] = {
     "vqgan-digits": _VQGAN_DIGITS,
     "transformer-digits": _TRANSFORMER_DIGITS,
+    "transformer-digits-lowres": _TRANSFORMER_DIGITS_LOWRES,
     "vqgan-emoji": _VQGAN_EMOJI,
     "transformer-emoji": _TRANSFORMER_EMOJI,
 }

@@ -18,7 +18,10 @@ class VQConfig:
     (Gumbel-softmax) or "fsq" (finite scalar quantisation with ``fsq_levels``; then
     ``n_embed = prod(levels)`` and ``embed_dim = len(levels)`` are implied).
     ``legacy=True`` puts beta on the codebook term, as taming's released checkpoints were
-    trained.
+    trained (the default puts it on the commitment term, as the VQ-VAE paper).
+    ``remap`` (a ``.npy`` path or the list of used code indices) and ``unknown_index``
+    ("random", "extra" or an int) restrict the indices to those codes, as taming's ``remap``;
+    the index vocabulary (``VQModel.n_codes``) is then len(used) (+1 for "extra").
     """
 
     ch: int = 128
@@ -35,18 +38,22 @@ class VQConfig:
     embed_dim: int = 256
     quantizer: str = "vq"
     beta: float = 0.25
-    legacy: bool = True
+    legacy: bool = False  # the taming presets set True
     l2_normalize: bool = False
     ema_decay: float = 0.99
     kmeans_init: bool = False
     dead_code_steps: int = 0
     kl_weight: float = 5e-4  # Gumbel KL weight (taming's default)
     fsq_levels: tuple[int, ...] = (8, 5, 5, 5)
+    remap: str | tuple[int, ...] | None = None
+    unknown_index: str | int = "random"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
         object.__setattr__(self, "attn_resolutions", tuple(self.attn_resolutions))
         object.__setattr__(self, "fsq_levels", tuple(self.fsq_levels))
+        if isinstance(self.remap, list | tuple):
+            object.__setattr__(self, "remap", tuple(int(i) for i in self.remap))
         if self.quantizer not in QUANTIZERS:
             raise ValueError(f"unknown quantizer {self.quantizer!r}; valid: {QUANTIZERS}")
         for name in ("ch", "in_channels", "out_ch", "z_channels", "n_embed", "embed_dim"):
@@ -57,6 +64,8 @@ class VQConfig:
             raise ValueError(
                 f"channel widths {sorted(widths)} must be divisible by num_groups={self.num_groups}"
             )
+        if self.remap is not None and self.quantizer == "fsq":
+            raise ValueError("remap applies to a codebook; FSQ has none")
         if self.quantizer == "fsq":
             object.__setattr__(self, "embed_dim", len(self.fsq_levels))
             n = 1
@@ -101,10 +110,20 @@ class VQConfig:
         return cls(**d)
 
 
-# taming's ``vqgan_imagenet_f16_1024`` (configs/model.yaml): f16, 1024 codes of dim 256.
-IMAGENET_F16_1024 = VQConfig()
+# taming's ``vqgan_imagenet_f16_1024`` (configs/model.yaml): f16, 1024 codes of dim 256, with
+# beta on the codebook term as its released weights were trained (``legacy``).
+IMAGENET_F16_1024 = VQConfig(legacy=True)
 # taming's ``vqgan_imagenet_f16_16384``: the same network with 16384 codes.
 IMAGENET_F16_16384 = replace(IMAGENET_F16_1024, n_embed=16384)
+# taming's ``vqgan_gumbel_f8_8192`` (GumbelVQ, configs/model.yaml): f8, 8192 codes, KL 1e-8.
+GUMBEL_F8_8192 = replace(
+    IMAGENET_F16_1024,
+    ch_mult=(1, 1, 2, 4),
+    attn_resolutions=(32,),
+    n_embed=8192,
+    quantizer="gumbel",
+    kl_weight=1e-8,
+)
 # Tests: f4 on 16 px, 1 channel, 32 codes of dim 8.
 TINY = VQConfig(
     ch=16,
@@ -139,6 +158,7 @@ EMOJI = replace(DIGITS, in_channels=3, out_ch=3, resolution=32, ch_mult=(1, 2, 2
 PRESETS: dict[str, VQConfig] = {
     "imagenet_f16_1024": IMAGENET_F16_1024,
     "imagenet_f16_16384": IMAGENET_F16_16384,
+    "gumbel_f8_8192": GUMBEL_F8_8192,
     "tiny": TINY,
     "digits": DIGITS,
     "emoji": EMOJI,

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import warnings
 from pathlib import Path
 
@@ -58,6 +59,7 @@ class ImageFolderDataset:
             p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
         )
         self.skipped = 0
+        self._lock = threading.Lock()  # the trainer decodes in a thread pool
         self.files = [p for p in files if self._verify(p)]
         if not self.files:
             raise ValueError(f"no readable images ({', '.join(IMAGE_EXTENSIONS)}) in {self.root}")
@@ -81,7 +83,8 @@ class ImageFolderDataset:
             return False
 
     def _skip(self, path: Path, exc: Exception) -> None:
-        self.skipped += 1
+        with self._lock:
+            self.skipped += 1
         warnings.warn(f"skipping unreadable image {path}: {exc}", stacklevel=3)
 
     @staticmethod

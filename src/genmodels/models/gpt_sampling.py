@@ -168,13 +168,15 @@ def sample_sliding_window(
     top_k: int | None = None,
     top_p: float | None = None,
     greedy: bool = False,
+    callback: Callable[[int, Tensor], None] | None = None,
 ) -> Tensor:
     """Codes (B, H, W) in raster order, sampled position by position through a moving window.
 
     The model input is ``prefix`` (B, P) (SOS or class tokens, not cropped), then the window of
     ``cond_grid`` (B, H, W) (codes of a conditioning image, cropped like the codes), then the
     window of the codes. Needs P + wh*ww (+ wh*ww for cond_grid) - 1 <= block_size. A window
-    larger than the grid is cut to the grid.
+    larger than the grid is cut to the grid. ``callback(step, logits)`` sees (and may change
+    in place) the (B, V) logits of each position before filtering, as in :func:`sample`.
     """
     (h, w), (wh, ww) = shape, window
     wh, ww = min(wh, h), min(ww, w)
@@ -211,8 +213,9 @@ def sample_sliding_window(
                 seq = torch.cat(parts, dim=1)
                 logits, _ = model(seq[:, :-1])
                 pos = n_prefix - 1 + (i - i0) * ww + (j - j0)
-                codes[:, i, j] = sample_next(
-                    logits[:, pos], gens, temperature, top_k, top_p, greedy
-                )
+                logits = logits[:, pos]  # (B, V): the logits that predict code (i, j)
+                if callback is not None:
+                    callback(i * w + j, logits)
+                codes[:, i, j] = sample_next(logits, gens, temperature, top_k, top_p, greedy)
     model.train(was_training)
     return codes

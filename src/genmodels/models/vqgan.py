@@ -39,6 +39,8 @@ def build_quantizer(cfg: VQConfig) -> nn.Module:
             cfg.embed_dim,
             cfg.beta,
             legacy=cfg.legacy,
+            remap=cfg.remap,
+            unknown_index=cfg.unknown_index,
             ema_decay=cfg.ema_decay if cfg.quantizer == "ema" else None,
             kmeans_init=cfg.kmeans_init,
             dead_code_steps=cfg.dead_code_steps,
@@ -46,7 +48,14 @@ def build_quantizer(cfg: VQConfig) -> nn.Module:
         )
     if cfg.quantizer == "gumbel":
         # taming feeds quant_conv's output (embed_dim = z_channels in its configs) to ``proj``
-        return GumbelQuantize(cfg.embed_dim, cfg.embed_dim, cfg.n_embed, kl_weight=cfg.kl_weight)
+        return GumbelQuantize(
+            cfg.embed_dim,
+            cfg.embed_dim,
+            cfg.n_embed,
+            kl_weight=cfg.kl_weight,
+            remap=cfg.remap,
+            unknown_index=cfg.unknown_index,
+        )
     return FSQuantizer(cfg.fsq_levels)
 
 
@@ -64,8 +73,8 @@ class VQModel(nn.Module):
 
     @property
     def n_codes(self) -> int:
-        """Number of distinct code indices (the GPT's image vocabulary)."""
-        return self.cfg.n_embed
+        """Number of distinct code indices (the GPT's image vocabulary; remapped with remap)."""
+        return getattr(self.quantize, "re_embed", self.cfg.n_embed)
 
     def encode_to_prequant(self, x: Tensor) -> Tensor:
         """x (B, in_channels, H, W) -> z_e (B, embed_dim, H/f, W/f), before quantisation."""

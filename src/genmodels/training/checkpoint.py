@@ -75,8 +75,9 @@ def save_checkpoint(
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
+    for stale in root.glob(".tmp-*"):  # left by a writer that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = root / f".tmp-step-{step:08d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file(_weights(model), tmp / "model.safetensors")
     if ema is not None:
@@ -86,10 +87,14 @@ def save_checkpoint(
     for f in tmp.iterdir():
         _fsync(f)
     _fsync(tmp)
-    if final.exists():  # re-saving the same step: replace the old copy
-        shutil.rmtree(final)
+    old = None
+    if final.exists():  # re-saving the same step: move the old copy aside, then drop it
+        old = root / f".tmp-old-step-{step:08d}-{os.getpid()}"
+        os.rename(final, old)
     os.rename(tmp, final)
     _fsync(root)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     if keep_last > 0:
         for old in _complete(root)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)

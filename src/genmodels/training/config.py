@@ -5,6 +5,10 @@
 Every section is a dataclass. Loading checks each key against the dataclass fields and each
 value against the field's type, so a typo or a wrong type fails at once with a message naming
 the dotted key (``optim.lrr: unknown key; valid keys: ...``).
+
+``model`` is a ``UNetConfig``: its arguments, a UNet preset name (``model: small``), or a preset
+with changes (``model: {preset: small, num_classes: 11}``). Gradient checkpointing is the
+UNet's ``model.use_checkpoint``.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any, Literal
 
 import yaml
 
-from genmodels.configs.unet import UNetConfig
+from genmodels.configs.unet import UNET_PRESETS, UNetConfig
 
 __all__ = [
     "DataConfig",
@@ -32,7 +36,9 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "dump_config",
+    "expand_model_preset",
     "load_config",
+    "read_yaml",
 ]
 
 
@@ -81,8 +87,13 @@ class ObjectiveConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW and the LR schedule (``constant``, ``cosine`` with warm-up, LDM ``lambda_linear``)."""
+    """AdamW and the LR schedule (``constant``, ``cosine`` with warm-up, LDM ``lambda_linear``).
 
+    ``name``: ``adamw`` (torch) or ``adamw8bit`` (bitsandbytes' ``AdamW8bit``, 8-bit optimiser
+    states; only when the ``bitsandbytes`` package is installed).
+    """
+
+    name: Literal["adamw", "adamw8bit"] = "adamw"
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
@@ -175,6 +186,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
+        for key, low in _MINIMUMS.items():
+            section, _, name = key.rpartition(".")
+            value = getattr(getattr(self, section) if section else self, name)
+            if value < low:
+                raise ValueError(f"{key} must be >= {low}, got {value}")
+        if self.optim.lr <= 0:
+            raise ValueError(f"optim.lr must be > 0, got {self.optim.lr}")
         if self.optim.grad_accum < 1:
             raise ValueError(f"optim.grad_accum must be >= 1, got {self.optim.grad_accum}")
         if self.data.batch_size % self.optim.grad_accum:
@@ -205,6 +223,20 @@ class TrainConfig:
                 )
         if self.text.path is not None and self.text.encoder is None:
             raise ValueError("text.path is set but text.encoder is null; name the encoder preset")
+
+
+# lower bounds of integer settings, checked by TrainConfig (dotted keys as in the YAML)
+_MINIMUMS = {
+    "data.size": 1,
+    "data.batch_size": 1,
+    "data.num_workers": 0,
+    "optim.warmup_steps": 0,
+    "log_every": 1,
+    "ckpt_every": 0,
+    "keep_last": 0,
+    "sample_every": 0,
+    "sample_steps": 1,
+}
 
 
 def _type_name(tp: Any) -> str:
@@ -294,13 +326,39 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return plain(cfg)
 
 
+def _unet_preset(name: Any, key: str) -> dict[str, Any]:
+    if not isinstance(name, str) or name not in UNET_PRESETS:
+        raise ValueError(
+            f"{key}: unknown UNet preset {name!r}; valid names: {', '.join(sorted(UNET_PRESETS))}"
+        )
+    return config_to_dict(UNET_PRESETS[name])
+
+
+def expand_model_preset(data: dict[str, Any]) -> dict[str, Any]:
+    """``model: NAME`` / ``model: {preset: NAME, ...}`` -> the preset's arguments (+ changes)."""
+    model = data.get("model")
+    if isinstance(model, str):
+        data["model"] = _unet_preset(model, "model")
+    elif isinstance(model, dict) and "preset" in model:
+        rest = {k: v for k, v in model.items() if k != "preset"}
+        data["model"] = {**_unet_preset(model["preset"], "model.preset"), **rest}
+    return data
+
+
+def _parse_value(key: str, raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{key.strip()}: cannot parse {raw!r} as YAML: {exc}") from exc
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``section.key=value`` strings (values parsed as YAML) to a nested dict."""
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r} must look like key=value (e.g. optim.lr=1e-4)")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw else ""
+        value = _parse_value(key, raw)
         node = data
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -327,16 +385,35 @@ def load_config(
 ) -> TrainConfig:
     """Read a YAML config over ``base`` (default: ``TrainConfig()``), then apply overrides.
 
-    Sections merge key by key, so a file may give only the keys it changes.
+    Sections merge key by key, so a file may give only the keys it changes. ``model`` may name
+    a UNet preset (``model: small``, ``model: {preset: small, ...}``, ``model=small``).
     """
     data = config_to_dict(base if base is not None else TrainConfig())
     if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level")
-        _merge(data, loaded)
-    data = apply_overrides(data, list(overrides or []))
+        _merge(data, expand_model_preset(read_yaml(path)))
+    for item in overrides or []:
+        key, _, raw = item.partition("=")
+        value = _parse_value(key, raw)
+        if key.strip() in ("model", "model.preset") and isinstance(value, str):
+            # a UNet preset replaces the whole section; later model.* overrides change it
+            data["model"] = _unet_preset(value, key.strip())
+        else:
+            data = apply_overrides(data, [item])
     return config_from_dict(TrainConfig, data)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping in YAML file ``path``; a missing file or bad YAML is a ValueError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {path} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    return loaded
 
 
 def dump_config(cfg: TrainConfig, path: str | Path | None = None) -> str:

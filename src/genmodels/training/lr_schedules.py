@@ -6,6 +6,8 @@
 * ``lambda_linear``: CompVis ldm ``LambdaLinearScheduler`` with one cycle: linear from f_start
   to f_max over ``warmup_steps``, then linear from f_max towards f_min over ``cycle_length``
   (SD's configs: f_start=1e-6, f_max=f_min=1, warm-up 10000, i.e. constant after warm-up).
+  f(n) = f_start + (f_max - f_start) n / warm for n < warm, else
+  f_min + (f_max - f_min) (cycle_length - n) / cycle_length; the cycle must cover the run.
 """
 
 from __future__ import annotations
@@ -41,6 +43,11 @@ def lr_lambda(cfg: OptimConfig, total_steps: int) -> Callable[[int], float]:
     if cfg.schedule == "lambda_linear":
         if cfg.cycle_length <= 0:
             raise ValueError("optim.cycle_length must be positive")
+        if cfg.cycle_length < total_steps:  # ldm's scheduler has no value past its cycles
+            raise ValueError(
+                f"optim.cycle_length={cfg.cycle_length} is shorter than the run ({total_steps} "
+                "steps); LambdaLinear would extrapolate below f_min"
+            )
 
         def lambda_linear(n: int) -> float:
             if n < warm:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from genmodels.models.unet import UNetModel
 
 from .checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng
 from .checkpoint import save_checkpoint as write_checkpoint
-from .config import TrainConfig, dump_config
+from .config import OptimConfig, TrainConfig, dump_config
 from .distributed import DistInfo, all_reduce_mean, init_distributed, wrap_model
 from .ema import EMA
 from .images import save_grid
@@ -42,9 +43,26 @@ from .objectives import Objective, build_denoiser, build_loss, null_label
 from .sampling import sample_cond, sample_labels
 from .text_cond import CaptionEmbeddings, load_text_encoder
 
-__all__ = ["Trainer"]
+__all__ = ["Trainer", "make_optimizer"]
 
 _AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW (``cfg.name="adamw"``) or bitsandbytes' 8-bit AdamW (``"adamw8bit"``)."""
+    kw = dict(lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(params, **kw)
+    if cfg.name == "adamw8bit":
+        try:
+            import bitsandbytes
+        except ImportError as exc:
+            raise ValueError(
+                "optim.name='adamw8bit' needs the bitsandbytes package, which is not installed "
+                "(pip install bitsandbytes), or use optim.name=adamw"
+            ) from exc
+        return bitsandbytes.optim.AdamW8bit(params, **kw)
+    raise ValueError(f"unknown optim.name {cfg.name!r}; valid: adamw, adamw8bit")
 
 
 class Trainer:
@@ -75,12 +93,11 @@ class Trainer:
             denoiser, build_loss(denoiser, cfg.objective), self.null, cfg.objective.cond_drop_prob
         )
         o = cfg.optim
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay
-        )
+        self.optimizer = make_optimizer(self.model.parameters(), o)
         self.scheduler = make_scheduler(self.optimizer, o, cfg.steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         self.dataset = dataset if dataset is not None else self._build_dataset()
+        self._check_labels()
         self.captions: list[str] | None = None
         self.text = self._setup_text(text_encoder)
         self.vae = self._setup_latents(vae)
@@ -103,6 +120,34 @@ class Trainer:
     def _build_dataset(self) -> Any:
         d = self.cfg.data
         return build_dataset(d.dataset, size=d.size, path=d.path, crop=d.crop, flip=d.random_flip)
+
+    def _check_labels(self) -> None:
+        """A class-conditional model needs labels in [0, null) from the dataset."""
+        if self.null is None:
+            return
+        labels = getattr(self.dataset, "labels", None)
+        n = self.cfg.model.num_classes
+        if labels is None or len(labels) == 0:
+            raise ValueError(
+                f"model.num_classes={n} makes a class-conditional model, but dataset "
+                f"{self.cfg.data.dataset!r} has no class labels; set model.num_classes to null "
+                "for an unconditional model"
+            )
+        labels = torch.as_tensor(labels)
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0:
+            raise ValueError(
+                f"model.num_classes={n} makes a class-conditional model, but dataset "
+                f"{self.cfg.data.dataset!r} has unlabelled images (for a folder: put every image "
+                "in a top-level class sub-folder); set model.num_classes to null for an "
+                "unconditional model"
+            )
+        if high >= self.null:
+            raise ValueError(
+                f"dataset {self.cfg.data.dataset!r} has label {high}, but model.num_classes={n} "
+                f"holds classes 0..{self.null - 1} and the CFG null class {self.null}; set "
+                f"model.num_classes to at least {high + 2}"
+            )
 
     def _setup_text(self, encoder: torch.nn.Module | None) -> CaptionEmbeddings | None:
         if self.cfg.text.encoder is None:
@@ -274,6 +319,8 @@ class Trainer:
                     last["images_per_s"] = (
                         (self.step - n0) * cfg.data.batch_size / (time.perf_counter() - t0)
                     )
+                    if hasattr(self.dataset, "skipped"):  # corrupt images met so far
+                        last["skipped_images"] = self.dataset.skipped
                     log.log(self.step, last)
                 if cfg.sample_every and (self.step % cfg.sample_every == 0 or done):
                     self.save_samples(self.out_dir / "samples" / f"step-{self.step:08d}.png")

@@ -11,7 +11,8 @@ Output directory (read directly by ``genmodels vq-sample --ckpt DIR``):
 * stage 1 writes ``vqgan.safetensors`` + ``vqgan.json`` + ``vqgan_run.yaml`` to ``out_dir``;
 * stage 2 writes ``transformer.safetensors`` + ``transformer.json`` + ``transformer_run.yaml``
   into ``out_dir`` (default: the VQGAN directory; another directory gets a copy of the
-  VQGAN files). Every file is replaced atomically.
+  VQGAN files), and ``cond_vqgan.*`` when an image-conditional model has its own cond-stage
+  VQGAN (``cond_vqgan_dir``). Every file is replaced atomically.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from genmodels.training.transformer_train import (
     TransformerMeta,
     TransformerTrainConfig,
     encode_codes,
+    make_cond_image,
     save_transformer,
     train_transformer,
 )
@@ -137,6 +139,10 @@ class TransformerRunConfig:
     train: TransformerTrainConfig = field(default_factory=TransformerTrainConfig)
     permuter: str = "identity"
     n_classes: int = 10  # class-conditional on the dataset's labels; 0: unconditional (SOS)
+    # condition on the codes of a view of the target instead (taming's cond stage; n_classes 0)
+    cond_image: Literal["lowres", "edges"] | None = None
+    cond_size: int | None = None  # px of the conditioning image; default data.size (// 2 lowres)
+    cond_vqgan_dir: str | None = None  # the cond-stage VQGAN; None: the first stage encodes it
     out_dir: str | None = None  # None: next to the VQGAN, in vqgan_dir
     device: Device = "auto"
 
@@ -145,6 +151,12 @@ class TransformerRunConfig:
             raise ValueError(f"permuter: unknown {self.permuter!r}; valid: {list(PERMUTERS)}")
         if self.n_classes < 0:
             raise ValueError(f"n_classes must be >= 0, got {self.n_classes}")
+        if self.cond_image is not None and self.n_classes:
+            raise ValueError(f"cond_image={self.cond_image!r} needs n_classes: 0")
+        if self.cond_image is None and (self.cond_size, self.cond_vqgan_dir) != (None, None):
+            raise ValueError("cond_size / cond_vqgan_dir need a cond_image (lowres or edges)")
+        if self.cond_size is not None and self.cond_size < 1:
+            raise ValueError(f"cond_size must be >= 1, got {self.cond_size}")
 
 
 VQ_TASKS: dict[str, type] = {"vqgan": VQGANRunConfig, "transformer": TransformerRunConfig}
@@ -167,6 +179,18 @@ def _resolve_model(data: dict[str, Any]) -> None:
         data["model"] = get_vqgan_config(data["model"]).to_dict()
 
 
+def _apply_vq_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``key=value`` overrides in order; ``model=NAME`` names a VQGAN preset (the shared
+    :func:`apply_overrides` reads it as a UNet preset)."""
+    for item in overrides:
+        key, _, raw = item.partition("=")
+        if key.strip() == "model" and raw and not raw.lstrip().startswith(("{", "[")):
+            data["model"] = get_vqgan_config(raw.strip()).to_dict()
+        else:
+            data = apply_overrides(data, [item])
+    return data
+
+
 def build_run_config(
     task: str,
     loaded: dict[str, Any] | None = None,
@@ -184,7 +208,7 @@ def build_run_config(
     loaded = dict(loaded or {})
     _resolve_model(loaded)
     _deep_update(data, loaded)
-    data = apply_overrides(data, list(overrides or []))
+    data = _apply_vq_overrides(data, list(overrides or []))
     _resolve_model(data)
     return config_from_dict(cls, data)
 
@@ -254,7 +278,7 @@ def run_vqgan(cfg: VQGANRunConfig, log: Callable | None = None) -> Path:
     records = train_vqgan(model, images, cfg.train, callback=log or _printer("vqgan"))
     psnr, counts = reconstruct_psnr(model, images.to(device))
     usage = float((counts > 0).float().mean())
-    print(f"vqgan: PSNR {psnr:.2f} dB, codebook usage {usage:.1%} of {model.n_codes} codes")
+    print(f"vqgan: PSNR {psnr:.2f} dB, codebook usage {usage:.1%} of {len(counts)} codes")
     out = Path(cfg.out_dir)
     extra = {"psnr_db": psnr, "usage": usage, "steps": cfg.train.steps, "log": records}
     save_vqgan(out, model.cpu(), extra=extra)
@@ -285,18 +309,37 @@ def run_transformer(cfg: TransformerRunConfig, log: Callable | None = None) -> P
             raise ValueError(f"n_classes={cfg.n_classes} but labels go up to {int(labels.max())}")
     codes = encode_codes(vq, images.to(device)).cpu()  # (N, h, w)
     h, w = codes.shape[1:]
+    cond_vq, cond_codes, cond = None, None, {}
+    if cfg.cond_image is not None:
+        cond_vq = load_vqgan(cfg.cond_vqgan_dir).to(device) if cfg.cond_vqgan_dir else vq
+        size = cfg.cond_size or cfg.data.size // (2 if cfg.cond_image == "lowres" else 1)
+        x = make_cond_image(images, cfg.cond_image, size, cond_vq.cfg.in_channels)
+        cond_codes = encode_codes(cond_vq, x.to(device)).cpu()  # (N, ch, cw)
+        cond = {
+            "cond_image": cfg.cond_image,
+            "cond_size": size,
+            "cond_grid": tuple(cond_codes.shape[1:]),
+            "cond_n_codes": cond_vq.n_codes,
+            "cond_stage": "cond_vqgan" if cfg.cond_vqgan_dir else "first_stage",
+        }
+    n_prefix = cond_codes[0].numel() if cond_codes is not None else 1
+    n_cond_tokens = cond_vq.n_codes if cond_vq is not None else max(cfg.n_classes, 1)
     gpt_cfg = GPTConfig(
-        vocab_size=vq.n_codes + max(cfg.n_classes, 1), block_size=h * w, **asdict(cfg.gpt)
+        vocab_size=vq.n_codes + n_cond_tokens, block_size=n_prefix + h * w - 1, **asdict(cfg.gpt)
     )
-    meta = TransformerMeta(gpt_cfg, vq.n_codes, cfg.n_classes, (h, w), cfg.permuter)
+    meta = TransformerMeta(gpt_cfg, vq.n_codes, cfg.n_classes, (h, w), cfg.permuter, **cond)
     torch.manual_seed(cfg.train.seed)  # weight initialisation
     gpt = GPT(gpt_cfg).to(device)
-    cond = labels if cfg.n_classes > 0 else None
-    records = train_transformer(gpt, meta, codes, cond, cfg.train, log or _printer("transformer"))
+    train_labels = labels if cfg.n_classes > 0 else None
+    records = train_transformer(
+        gpt, meta, codes, train_labels, cfg.train, log or _printer("transformer"), cond_codes
+    )
     src = Path(cfg.vqgan_dir)
     out = Path(cfg.out_dir) if cfg.out_dir is not None else src
     if out.resolve() != src.resolve():  # vq-sample reads both models from one directory
         _copy_vqgan(src, out)
+    if cfg.cond_vqgan_dir:
+        save_vqgan(out, cond_vq.cpu(), name="cond_vqgan")
     save_transformer(out, gpt.cpu(), meta)
     dump_run_config(cfg, out / "transformer_run.yaml")
     text = json.dumps(records, indent=1)

@@ -9,7 +9,8 @@ Each step (taming's two optimiser indices, in order):
 
 Adam with betas (0.5, 0.9) as taming. Forward passes can run under bf16 autocast (``bf16``);
 the quantiser computes distances and its loss in float32 either way. Codebook usage and
-perplexity are accumulated over each logging window.
+perplexity are accumulated over each logging window. A Gumbel quantiser's temperature follows
+``gumbel_temperature`` (taming's ``temperature_scheduling``), set before each step.
 
 Checkpoints: ``<dir>/vqgan.safetensors`` (taming key names) + ``<dir>/vqgan.json`` (the
 :class:`~genmodels.configs.vqgan.VQConfig`), read back by :func:`load_vqgan`.
@@ -23,17 +24,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from genmodels.configs.vqgan import VQConfig
+from genmodels.models.quantize_gumbel import (
+    GumbelQuantize,
+    cosine_temperature,
+    exponential_temperature,
+)
 from genmodels.models.vqgan import VQModel
 from genmodels.training.vqgan_loss import VQGANLoss, VQGANLossConfig
 
 __all__ = [
+    "GumbelTemperatureConfig",
     "VQGANTrainConfig",
     "train_vqgan",
     "save_vqgan",
@@ -41,6 +48,42 @@ __all__ = [
     "reconstruct_psnr",
     "write_atomic",
 ]
+
+
+@dataclass
+class GumbelTemperatureConfig:
+    """Temperature of a Gumbel quantiser by step; defaults are taming's Gumbel VQGAN configs.
+
+    ``cosine``: linear warm-up t_start -> t_max over ``warm_up_steps``, cosine decay to t_min
+    at ``max_decay_steps`` (:func:`cosine_temperature`); ``exponential``:
+    max(t_min, t_start exp(-rate step)) (DALL-E); ``constant``: t_start.
+    """
+
+    schedule: Literal["cosine", "exponential", "constant"] = "cosine"
+    t_start: float = 0.9
+    t_max: float = 0.9
+    t_min: float = 1e-6
+    warm_up_steps: int = 0
+    max_decay_steps: int = 1_000_001
+    rate: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if min(self.t_start, self.t_max, self.t_min) <= 0:
+            raise ValueError(
+                f"Gumbel temperatures must be > 0, got t_start={self.t_start}, "
+                f"t_max={self.t_max}, t_min={self.t_min}"
+            )
+        if not 0 <= self.warm_up_steps < self.max_decay_steps:
+            raise ValueError("need 0 <= warm_up_steps < max_decay_steps")
+
+    def at(self, step: int) -> float:
+        """The temperature at training step ``step``."""
+        if self.schedule == "cosine":
+            span = (self.warm_up_steps, self.max_decay_steps)
+            return cosine_temperature(step, *span, self.t_start, self.t_max, self.t_min)
+        if self.schedule == "exponential":
+            return exponential_temperature(step, self.t_start, self.rate, self.t_min)
+        return self.t_start
 
 
 @dataclass
@@ -56,6 +99,7 @@ class VQGANTrainConfig:
     bf16: bool = False
     log_every: int = 100
     loss: VQGANLossConfig = field(default_factory=VQGANLossConfig)
+    gumbel_temperature: GumbelTemperatureConfig = field(default_factory=GumbelTemperatureConfig)
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1 or self.lr <= 0 or self.log_every < 1:
@@ -96,17 +140,22 @@ def train_vqgan(
         loss_fn.discriminator.parameters(), lr=cfg.disc_lr or cfg.lr, betas=cfg.betas
     )
     gen = torch.Generator().manual_seed(cfg.seed)
-    counts = torch.zeros(model.n_codes, dtype=torch.long)
+    counts = torch.zeros(model.cfg.n_embed, dtype=torch.long)
     sums: dict[str, float] = {}
     records: list[dict[str, float]] = []
     t0 = time.perf_counter()
     for step in range(cfg.steps):
         idx = torch.randint(0, images.shape[0], (cfg.batch_size,), generator=gen)
         x = images[idx].to(device)
+        temperature = None
+        if isinstance(model.quantize, GumbelQuantize):  # taming's temperature_scheduling
+            temperature = model.quantize.temperature = cfg.gumbel_temperature.at(step)
         with _autocast(cfg.bf16, device):
             x_rec, q_loss, info = model(x)
         x_rec = x_rec.float()
         loss, logs = loss_fn.generator_loss(q_loss, x, x_rec, step, model.get_last_layer())
+        if temperature is not None:
+            logs["temperature"] = temperature
         opt_ae.zero_grad(set_to_none=True)
         loss.backward()
         opt_ae.step()
@@ -140,9 +189,9 @@ def train_vqgan(
 
 @torch.no_grad()
 def reconstruct_psnr(model: VQModel, images: Tensor, batch_size: int = 256) -> tuple[float, Tensor]:
-    """PSNR (dB, images in [-1, 1] -> peak-to-peak 2) and code counts (n_codes,) over images."""
+    """PSNR (dB, images in [-1, 1] -> peak-to-peak 2) and code counts (n_embed,) over images."""
     model.eval()
-    se, counts = 0.0, torch.zeros(model.n_codes, dtype=torch.long)
+    se, counts = 0.0, torch.zeros(model.cfg.n_embed, dtype=torch.long)
     for i in range(0, images.shape[0], batch_size):
         x = images[i : i + batch_size]
         x_rec, _, info = model(x)
@@ -173,28 +222,37 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
-def save_vqgan(directory: str | Path, model: VQModel, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``vqgan.safetensors`` + ``vqgan.json`` ({"config": ..., **extra}) to ``directory``.
+def save_vqgan(
+    directory: str | Path,
+    model: VQModel,
+    extra: dict[str, Any] | None = None,
+    name: str = "vqgan",
+) -> Path:
+    """Write ``<name>.safetensors`` + ``<name>.json`` ({"config": ..., **extra}) to ``directory``.
 
     Each file is replaced atomically (:func:`write_atomic`); the JSON is written last.
+    ``name="cond_vqgan"`` stores a transformer's cond-stage VQGAN beside the first stage.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    write_atomic(directory / "vqgan.safetensors", lambda p: save_file(weights, str(p)))
+    write_atomic(directory / f"{name}.safetensors", lambda p: save_file(weights, str(p)))
     text = json.dumps({"config": model.cfg.to_dict()} | (extra or {}), indent=2)
-    write_atomic(directory / "vqgan.json", lambda p: p.write_text(text))
+    write_atomic(directory / f"{name}.json", lambda p: p.write_text(text))
     return directory
 
 
-def load_vqgan(directory: str | Path) -> VQModel:
+def load_vqgan(directory: str | Path, name: str = "vqgan") -> VQModel:
     """Rebuild a :class:`VQModel` written by :func:`save_vqgan` (strict key matching)."""
     directory = Path(directory)
-    cfg_path, weights_path = directory / "vqgan.json", directory / "vqgan.safetensors"
+    cfg_path, weights_path = directory / f"{name}.json", directory / f"{name}.safetensors"
     for p in (cfg_path, weights_path):
         if not p.is_file():
             raise ValueError(f"not a VQGAN checkpoint directory: {p} is missing")
     cfg = VQConfig.from_dict(json.loads(cfg_path.read_text())["config"])
     model = VQModel(cfg)
-    model.load_taming_state_dict(load_file(str(weights_path)))
+    try:
+        model.load_taming_state_dict(load_file(str(weights_path)))
+    except ValueError as exc:
+        raise ValueError(f"{weights_path}: {exc}") from None
     return model.eval()
