@@ -2,12 +2,14 @@
 
 A top-level ``task:`` key picks the loop: ``diffusion`` (the default) serialises
 ``genmodels.training.config.TrainConfig`` (sections ``model``, ``data``, ``objective``,
-``optim``, ``ema`` and top-level keys); ``vqgan`` and ``transformer`` serialise the two VQ
-stages of ``genmodels.training.vq_config``. A file may give only the keys it changes.
-``--preset`` starts from a named preset instead of the defaults (``digits-demo``,
-``vqgan-digits``, ``transformer-digits``, ...); a VQ preset implies its task. Launch diffusion
-runs with ``torchrun --nproc-per-node N -m genmodels.cli.main train ...`` for data-parallel
-training.
+``optim``, ``ema`` and top-level keys); ``autoencoder`` serialises the KL autoencoder of latent
+diffusion (``genmodels.training.autoencoder_run``: writes ``vae.safetensors`` for
+``latent.vae_path``); ``vqgan`` and ``transformer`` serialise the two VQ stages of
+``genmodels.training.vq_config``. A file may give only the keys it changes. ``--preset`` starts
+from a named preset instead of the defaults (``digits-demo``, ``autoencoder-digits`` then
+``digits-ldm``, ``vqgan-digits``, ``transformer-digits``, ...); an autoencoder or VQ preset
+implies its task. ``--resume`` is for diffusion runs. Launch diffusion runs with
+``torchrun --nproc-per-node N -m genmodels.cli.main train ...`` for data-parallel training.
 """
 
 from __future__ import annotations
@@ -19,8 +21,14 @@ from typing import Any
 
 import yaml
 
+from genmodels.configs.autoencoder_train import AUTOENCODER_TRAIN_PRESETS
 from genmodels.configs.train import TRAIN_PRESETS, get_train_config
 from genmodels.configs.vq_train import VQ_TRAIN_PRESETS
+from genmodels.training.autoencoder_run import (
+    build_autoencoder_config,
+    dump_autoencoder_config,
+    run_autoencoder,
+)
 from genmodels.training.config import load_config, read_yaml
 from genmodels.training.distributed import shutdown
 from genmodels.training.trainer import Trainer
@@ -34,7 +42,7 @@ from genmodels.training.vq_config import (
     task_of,
 )
 
-TASKS = ("diffusion", *VQ_TASKS)
+TASKS = ("diffusion", "autoencoder", *VQ_TASKS)
 
 __all__ = ["register", "run"]
 
@@ -42,16 +50,20 @@ __all__ = ["register", "run"]
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train",
-        help="train a diffusion model or a VQGAN / its transformer from a YAML config",
+        help="train a diffusion model, a KL autoencoder or a VQGAN / its transformer",
         description=__doc__,
     )
     p.add_argument("config", nargs="?", default=None, help="YAML config (optional with --preset)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-4")
     p.add_argument(
-        "--preset", default=None, help="start from a preset (e.g. digits-demo, vqgan-digits)"
+        "--preset",
+        default=None,
+        help="start from a preset (e.g. digits-demo, autoencoder-digits, vqgan-digits)",
     )
     p.add_argument(
-        "--resume", action="store_true", help="continue from the newest checkpoint in out_dir"
+        "--resume",
+        action="store_true",
+        help="continue from the newest checkpoint in out_dir (diffusion runs)",
     )
     p.add_argument("--print-config", action="store_true", help="print the resolved config, exit")
     p.set_defaults(func=run)
@@ -71,10 +83,12 @@ def _pick_task(loaded: dict[str, Any], overrides: list[str], preset: str | None)
     if preset is not None:
         if preset in VQ_TRAIN_PRESETS:
             implied = task_of(VQ_TRAIN_PRESETS[preset])
+        elif preset in AUTOENCODER_TRAIN_PRESETS:
+            implied = "autoencoder"
         elif preset in TRAIN_PRESETS:
             implied = "diffusion"
         else:
-            valid = sorted([*TRAIN_PRESETS, *VQ_TRAIN_PRESETS])
+            valid = sorted([*TRAIN_PRESETS, *AUTOENCODER_TRAIN_PRESETS, *VQ_TRAIN_PRESETS])
             raise ValueError(f"unknown training preset {preset!r}; valid names: {valid}")
     task = task if task is not None else implied or "diffusion"
     if task not in TASKS:
@@ -117,6 +131,18 @@ def _run_vq(
     return 0
 
 
+def _run_autoencoder(args: argparse.Namespace, loaded: dict[str, Any], overrides: list[str]) -> int:
+    base = AUTOENCODER_TRAIN_PRESETS[args.preset] if args.preset else None
+    cfg = build_autoencoder_config(loaded, overrides, base)
+    if args.print_config:
+        print(dump_autoencoder_config(cfg), end="")
+        return 0
+    if args.resume:
+        raise ValueError("--resume is not supported for task 'autoencoder' (its runs are short)")
+    print(f"wrote {run_autoencoder(cfg)}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     config, overrides = args.config, list(args.overrides)
     if config is not None and "=" in config:  # no file given: the first item is an override
@@ -124,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
     loaded = _read_yaml(config)
     had_task = "task" in loaded
     task = _pick_task(loaded, overrides, args.preset)
+    if task == "autoencoder":
+        return _run_autoencoder(args, loaded, overrides)
     if task != "diffusion":
         return _run_vq(args, task, loaded, overrides)
     if not had_task:

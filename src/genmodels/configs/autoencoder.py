@@ -89,11 +89,20 @@ SMALL = AutoencoderConfig(
     ch=32, ch_mult=(1, 2, 2, 2), num_res_blocks=1, resolution=64, scale_factor=1.0
 )  # f8, 32-64 channels
 
-PRESETS: dict[str, AutoencoderConfig] = {"sd": SD, "sdxl": SDXL, "tiny": TINY, "small": SMALL}
+# The built-in digits (benchmarks/ldm_digits.py, ``genmodels train --preset autoencoder-digits``):
+# f2, 8x8x1 -> 4x4x4 latents; scale 1.0 until training sets 1 / std (ldm ``scale_by_std``).
+DIGITS = AutoencoderConfig(
+    ch=32, ch_mult=(1, 2), num_res_blocks=1, in_channels=1, out_ch=1, resolution=8,
+    z_channels=4, embed_dim=4, scale_factor=1.0,
+)  # fmt: skip
+
+PRESETS: dict[str, AutoencoderConfig] = {
+    "sd": SD, "sdxl": SDXL, "tiny": TINY, "small": SMALL, "digits": DIGITS,
+}  # fmt: skip
 
 
 def get_autoencoder_config(name: str, **overrides: Any) -> AutoencoderConfig:
-    """Return preset ``name`` ("sd", "sdxl", "tiny", "small"), optionally with fields replaced."""
+    """Return preset ``name`` (a key of ``PRESETS``), optionally with fields replaced."""
     if name not in PRESETS:
         raise ValueError(f"unknown autoencoder preset {name!r}; valid: {sorted(PRESETS)}")
     return replace(PRESETS[name], **overrides) if overrides else PRESETS[name]

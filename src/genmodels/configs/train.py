@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from genmodels.configs.autoencoder import AutoencoderConfig
+from genmodels.configs.autoencoder import DIGITS as DIGITS_AUTOENCODER
 from genmodels.configs.unet import UNetConfig
 from genmodels.training.config import (
     DataConfig,
@@ -46,17 +46,17 @@ _DIGITS_DEMO = TrainConfig(
     sample_steps=15,
 )
 
-# Latent diffusion on the digits (benchmarks/ldm_digits.py): an f2 KL autoencoder maps 8x8x1
-# digits to 4x4x4 latents (scale_factor set to 1/std after training, ldm ``scale_by_std``), and
-# the digits UNet with 4 channels learns them. ``latent.vae_path`` is filled in by the caller.
-LDM_DIGITS_AUTOENCODER = AutoencoderConfig(
-    ch=32, ch_mult=(1, 2), num_res_blocks=1, in_channels=1, out_ch=1, resolution=8,
-    z_channels=4, embed_dim=4, scale_factor=1.0,
-)  # fmt: skip
+# Latent diffusion on the digits (benchmarks/ldm_digits.py): the ``digits`` KL autoencoder (f2,
+# 8x8x1 -> 4x4x4 latents; scale_factor 1 / std after training, ldm ``scale_by_std``), trained by
+# ``genmodels train --preset autoencoder-digits`` into runs/ae-digits where ``latent.vae_path``
+# looks for it, and the digits UNet with 4 channels learns its latents.
+LDM_DIGITS_AUTOENCODER = DIGITS_AUTOENCODER
 _DIGITS_LDM = replace(
     _DIGITS_DEMO,
     model=replace(_DIGITS_UNET, in_channels=4, out_channels=4),
-    latent=LatentConfig(enabled=True, cache=True),
+    latent=LatentConfig(
+        enabled=True, cache=True, vae_preset="digits", vae_path="runs/ae-digits/vae.safetensors"
+    ),
     out_dir="runs/ldm-digits",
 )
 

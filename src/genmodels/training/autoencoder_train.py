@@ -18,6 +18,7 @@ diffusion model sees latents of unit variance.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -38,6 +39,7 @@ __all__ = [
     "AutoencoderTrainConfig",
     "latent_scale_factor",
     "load_autoencoder_kl",
+    "reconstruction_psnr",
     "save_autoencoder_kl",
     "train_autoencoder_kl",
 ]
@@ -77,10 +79,13 @@ def train_autoencoder_kl(
     images: Tensor,
     cfg: AutoencoderTrainConfig,
     callback: Callable[[int, dict[str, float]], None] | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> list[dict[str, float]]:
     """Train ``model`` on ``images`` (N, C, H, W) in [-1, 1]; returns the logged records.
 
-    Batches are drawn with replacement from a generator seeded with ``cfg.seed``.
+    Batches are drawn with replacement from a generator seeded with ``cfg.seed``. ``callback``
+    gets each logged record; ``on_step`` the number of finished steps after every step
+    (reconstruction grids, checkpoints; it must leave ``model`` in training mode).
     """
     c = model.config
     if images.ndim != 4 or images.shape[1] != c.in_channels:
@@ -127,6 +132,8 @@ def train_autoencoder_kl(
             if callback is not None:
                 callback(step + 1, record)
             sums = {}
+        if on_step is not None:
+            on_step(step + 1)
     model.eval()
     return records
 
@@ -141,6 +148,20 @@ def latent_scale_factor(model: AutoencoderKL, images: Tensor, batch_size: int = 
         for i in range(0, images.shape[0], batch_size)
     ]
     return float(1.0 / torch.cat(zs).std())
+
+
+@torch.no_grad()
+def reconstruction_psnr(model: AutoencoderKL, images: Tensor, batch_size: int = 256) -> float:
+    """PSNR (dB; images in [-1, 1], peak-to-peak 2) of the posterior-mode reconstructions."""
+    model.eval()
+    device = next(model.parameters()).device
+    se = 0.0
+    for i in range(0, images.shape[0], batch_size):
+        x = images[i : i + batch_size].to(device)
+        x_rec = model(x, sample_posterior=False)[0].clamp(-1, 1)
+        se += float((x_rec.float() - x).square().sum())
+    mse = max(se / images.numel(), 1e-12)
+    return 10 * math.log10(4.0 / mse)
 
 
 def save_autoencoder_kl(path: str | Path, model: AutoencoderKL) -> Path:

@@ -38,6 +38,7 @@ __all__ = [
     "dump_config",
     "expand_model_preset",
     "load_config",
+    "merge_dicts",
     "read_yaml",
 ]
 
@@ -130,9 +131,11 @@ class LatentConfig:
 
     ``vae_path``: an ``AutoencoderKL`` state dict (genmodels keys, or an ldm / SD checkpoint whose
     ``first_stage_model.*`` keys are taken) built on ``vae_preset`` (``vae_scale_factor``
-    replaces the preset's scale when set). ``cache``: encode the dataset once (the posterior mode,
-    or a sample when ``sample_posterior``) and keep the latents on the CPU, written atomically to
-    ``cache_path`` when given and read back from it on the next run.
+    replaces the preset's scale when set), or the ``out_dir`` of a ``task: autoencoder`` run
+    (its ``vae.safetensors`` carries its own config and latent scale). ``cache``: encode the
+    dataset once (the posterior mode, or a sample when ``sample_posterior``) and keep the latents
+    on the CPU, written atomically to ``cache_path`` when given and read back from it on the next
+    run.
     """
 
     enabled: bool = False
@@ -369,10 +372,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def merge_dicts(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``update`` into ``base`` section by section (a file gives only what it changes)."""
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
+            merge_dicts(base[key], value)
         else:
             base[key] = value
     return base
@@ -390,7 +394,7 @@ def load_config(
     """
     data = config_to_dict(base if base is not None else TrainConfig())
     if path is not None:
-        _merge(data, expand_model_preset(read_yaml(path)))
+        merge_dicts(data, expand_model_preset(read_yaml(path)))
     for item in overrides or []:
         key, _, raw = item.partition("=")
         value = _parse_value(key, raw)

@@ -14,6 +14,7 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -191,12 +192,20 @@ def _trim_csv(path: Path, start: int) -> list[str]:
 class RunLogger:
     """Writes ``<out_dir>/log.csv``, a tqdm bar and TensorBoard scalars (``<out_dir>/tensorboard``).
 
+    ``fields``: the CSV columns of a new file (the diffusion trainer's ``FIELDS`` by default).
+
     A resumed run (``start`` > 0) continues the CSV after dropping the rows past ``start``, so
     the file holds each step once. Inactive (all no-ops) on ranks other than 0.
     """
 
     def __init__(
-        self, out_dir: str | Path, total: int, start: int = 0, active: bool = True, bar: bool = True
+        self,
+        out_dir: str | Path,
+        total: int,
+        start: int = 0,
+        active: bool = True,
+        bar: bool = True,
+        fields: Sequence[str] = FIELDS,
     ) -> None:
         self.active = active
         self.bar = None
@@ -207,10 +216,11 @@ class RunLogger:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         path = out / "log.csv"
-        fields = _trim_csv(path, start) if path.exists() else None
+        existing = _trim_csv(path, start) if path.exists() else None
         self._file = path.open("a", newline="")
-        self._csv = csv.DictWriter(self._file, fieldnames=fields or FIELDS, extrasaction="ignore")
-        if fields is None:
+        columns = existing or list(fields)
+        self._csv = csv.DictWriter(self._file, fieldnames=columns, extrasaction="ignore")
+        if existing is None:
             self._csv.writeheader()
         if bar:
             self.bar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True)

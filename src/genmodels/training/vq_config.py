@@ -33,7 +33,12 @@ from genmodels.data.builtin import build_dataset
 from genmodels.models.gpt import GPT, GPTConfig
 from genmodels.models.permuters import PERMUTERS
 from genmodels.models.vqgan import VQModel
-from genmodels.training.config import apply_overrides, config_from_dict, config_to_dict
+from genmodels.training.config import (
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    merge_dicts,
+)
 from genmodels.training.transformer_train import (
     TransformerMeta,
     TransformerTrainConfig,
@@ -62,9 +67,11 @@ __all__ = [
     "load_run_config",
     "dump_run_config",
     "load_images",
+    "resolve_device",
     "run_vqgan",
     "run_transformer",
     "small_image_loss",
+    "stage_printer",
     "task_of",
 ]
 
@@ -163,16 +170,6 @@ VQ_TASKS: dict[str, type] = {"vqgan": VQGANRunConfig, "transformer": Transformer
 RunConfig = VQGANRunConfig | TransformerRunConfig
 
 
-def _deep_update(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """Merge ``update`` into ``base`` section by section (a file gives only what it changes)."""
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep_update(base[key], value)
-        else:
-            base[key] = value
-    return base
-
-
 def _resolve_model(data: dict[str, Any]) -> None:
     """``model: NAME`` -> the VQGAN preset ``NAME`` as a mapping."""
     if isinstance(data.get("model"), str):
@@ -207,7 +204,7 @@ def build_run_config(
     data = config_to_dict(base if base is not None else cls())
     loaded = dict(loaded or {})
     _resolve_model(loaded)
-    _deep_update(data, loaded)
+    merge_dicts(data, loaded)
     data = _apply_vq_overrides(data, list(overrides or []))
     _resolve_model(data)
     return config_from_dict(cls, data)
@@ -250,13 +247,16 @@ def load_images(data: VQDataConfig) -> tuple[Tensor, Tensor | None]:
     return torch.stack([x for x, _ in items]), (None if bool((labels < 0).all()) else labels)
 
 
-def _device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; other names as given."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
 
 
-def _printer(stage: str) -> Callable[[int, dict[str, float]], None]:
+def stage_printer(stage: str) -> Callable[[int, dict[str, float]], None]:
+    """A training callback printing ``<stage> step N: key=value ...`` per logged record."""
+
     def log(step: int, record: dict[str, float]) -> None:
         values = " ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "step")
         print(f"{stage} step {step}: {values}", flush=True)
@@ -266,7 +266,7 @@ def _printer(stage: str) -> Callable[[int, dict[str, float]], None]:
 
 def run_vqgan(cfg: VQGANRunConfig, log: Callable | None = None) -> Path:
     """Train stage 1 and write the VQGAN to ``cfg.out_dir``; returns that directory."""
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     images, _ = load_images(cfg.data)  # (N, C, H, W)
     if images.shape[1] != cfg.model.in_channels:
         raise ValueError(
@@ -275,7 +275,7 @@ def run_vqgan(cfg: VQGANRunConfig, log: Callable | None = None) -> Path:
         )
     torch.manual_seed(cfg.train.seed)  # weight initialisation
     model = VQModel(cfg.model).to(device)
-    records = train_vqgan(model, images, cfg.train, callback=log or _printer("vqgan"))
+    records = train_vqgan(model, images, cfg.train, callback=log or stage_printer("vqgan"))
     psnr, counts = reconstruct_psnr(model, images.to(device))
     usage = float((counts > 0).float().mean())
     print(f"vqgan: PSNR {psnr:.2f} dB, codebook usage {usage:.1%} of {len(counts)} codes")
@@ -294,7 +294,7 @@ def _copy_vqgan(src: Path, dst: Path) -> None:
 
 def run_transformer(cfg: TransformerRunConfig, log: Callable | None = None) -> Path:
     """Train stage 2 over the codes of ``cfg.vqgan_dir``; returns the output directory."""
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     vq = load_vqgan(cfg.vqgan_dir).to(device)
     images, labels = load_images(cfg.data)
     if images.shape[1] != vq.cfg.in_channels:
@@ -332,7 +332,7 @@ def run_transformer(cfg: TransformerRunConfig, log: Callable | None = None) -> P
     gpt = GPT(gpt_cfg).to(device)
     train_labels = labels if cfg.n_classes > 0 else None
     records = train_transformer(
-        gpt, meta, codes, train_labels, cfg.train, log or _printer("transformer"), cond_codes
+        gpt, meta, codes, train_labels, cfg.train, log or stage_printer("transformer"), cond_codes
     )
     src = Path(cfg.vqgan_dir)
     out = Path(cfg.out_dir) if cfg.out_dir is not None else src
