@@ -26,8 +26,10 @@ def test_grad_accumulation_equals_one_big_batch(tmp_path):
         la, lb = a.train_step(), b.train_step()
         assert la["loss"] == pytest.approx(lb["loss"], rel=1e-5)
         assert la["grad_norm"] == pytest.approx(lb["grad_norm"], rel=1e-4)
+    # atol: Adam's g / sqrt(v) turns rounding-level gradient differences of near-zero entries
+    # into differences of a few % of one lr-sized (1e-3) update
     for pa, pb in zip(a.model.parameters(), b.model.parameters()):
-        torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(pa, pb, rtol=1e-4, atol=5e-5)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

@@ -36,8 +36,13 @@ def ema_decay(cfg: EMAConfig, step: int) -> float:
 def ema_update(model: nn.Module, averaged: nn.Module, decay: float) -> None:
     """averaged <- decay * averaged + (1 - decay) * model (parameters); buffers copied."""
     params = dict(model.named_parameters())
-    for name, p_avg in averaged.named_parameters():
-        p_avg.lerp_(params[name].detach().to(p_avg.dtype), 1 - decay)
+    pairs = [(p_avg, params[name].detach()) for name, p_avg in averaged.named_parameters()]
+    same = [(a, p) for a, p in pairs if a.dtype == p.dtype and a.device == p.device]
+    if same:  # one fused pass over all tensors (torch's default is a per-tensor loop)
+        torch._foreach_lerp_([a for a, _ in same], [p for _, p in same], 1 - decay)
+    for p_avg, p in pairs:
+        if p_avg.dtype != p.dtype or p_avg.device != p.device:
+            p_avg.lerp_(p.to(p_avg), 1 - decay)
     buffers = dict(model.named_buffers())
     for name, b_avg in averaged.named_buffers():
         b_avg.copy_(buffers[name])

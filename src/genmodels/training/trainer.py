@@ -52,7 +52,11 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> to
     """AdamW (``cfg.name="adamw"``) or bitsandbytes' 8-bit AdamW (``"adamw8bit"``)."""
     kw = dict(lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
     if cfg.name == "adamw":
-        return torch.optim.AdamW(params, **kw)
+        params = list(params)
+        # torch's fused AdamW kernel (CPU and CUDA, torch >= 2.4): one pass over each tensor
+        # instead of the per-parameter loop of ~10 ops that is torch's default on the CPU
+        fused = bool(params) and all(p.device.type in ("cpu", "cuda") for p in params)
+        return torch.optim.AdamW(params, **kw, fused=fused)
     if cfg.name == "adamw8bit":
         try:
             import bitsandbytes
