@@ -14,7 +14,8 @@ from PIL import Image
 from genmodels.configs.unet import UNetConfig
 from genmodels.data.tensor_dataset import ImageTensorDataset
 from genmodels.training.config import DataConfig, EMAConfig, OptimConfig
-from genmodels.training.logging import FIELDS, read_scalars
+from genmodels.training.logging import FIELDS
+from genmodels.training.tb_events import read_scalars
 from genmodels.training.trainer import Trainer, make_optimizer
 from tests.training.helpers import TINY_UNET, tiny_config
 
