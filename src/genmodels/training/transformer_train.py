@@ -97,6 +97,10 @@ class TransformerMeta:
     ``cond_grid`` codes of a ``cond_size`` px conditioning image, encoded by the first stage
     or by ``cond_vqgan.*`` beside it (``cond_stage``); ``cond_n_codes`` is that VQGAN's
     vocabulary.
+
+    ``cond_offset`` is the id of the first conditioning token (SOS, class 0 or cond code 0);
+    None puts them after the image codes (``n_codes``, genmodels' layout). Imported taming
+    models use 0 or their ``sos_token``: their conditioning tokens share ids with image codes.
     """
 
     gpt: GPTConfig
@@ -109,6 +113,7 @@ class TransformerMeta:
     cond_grid: tuple[int, int] = (0, 0)
     cond_n_codes: int = 0
     cond_stage: str = "first_stage"
+    cond_offset: int | None = None
 
     def __post_init__(self) -> None:
         self.grid, self.cond_grid = tuple(self.grid), tuple(self.cond_grid)
@@ -123,16 +128,25 @@ class TransformerMeta:
                     "an image-conditional model needs n_classes=0, cond_n_codes >= 1 and a "
                     f"cond_grid, got {self.n_classes}, {self.cond_n_codes}, {self.cond_grid}"
                 )
-        need = self.n_codes + (self.cond_n_codes if self.cond_image else max(self.n_classes, 1))
+        if self.cond_offset is not None and self.cond_offset < 0:
+            raise ValueError(f"cond_offset must be >= 0, got {self.cond_offset}")
+        n_cond = self.cond_n_codes if self.cond_image else max(self.n_classes, 1)
+        need = max(self.n_codes, self.cond_start + n_cond)
         if self.gpt.vocab_size < need:
             raise ValueError(
-                f"vocab_size {self.gpt.vocab_size} < n_codes + conditioning tokens = {need}"
+                f"vocab_size {self.gpt.vocab_size} < {need} tokens ({self.n_codes} image codes, "
+                f"{n_cond} conditioning tokens from id {self.cond_start})"
             )
         if self.gpt.block_size < self.n_prefix + self.grid[0] * self.grid[1] - 1:
             raise ValueError(
                 f"block_size {self.gpt.block_size} < {self.n_prefix} conditioning tokens + "
                 f"{self.grid[0] * self.grid[1]} codes per image - 1"
             )
+
+    @property
+    def cond_start(self) -> int:
+        """Id of the first conditioning token."""
+        return self.n_codes if self.cond_offset is None else self.cond_offset
 
     @property
     def n_prefix(self) -> int:
@@ -202,8 +216,9 @@ def load_cond_stage(directory: str | Path, meta: TransformerMeta, vq: VQModel) -
 def make_prefix(
     meta: TransformerMeta, labels: Tensor | None, batch: int, cond_codes: Tensor | None = None
 ) -> Tensor:
-    """Conditioning tokens: class ``n_codes + label`` or the SOS token ``n_codes`` (B, 1), or the
-    codes of the conditioning image (B, ch, cw) as tokens ``n_codes + c`` (B, ch*cw)."""
+    """Conditioning tokens, from id ``s = meta.cond_start`` (``n_codes`` unless imported): class
+    ``s + label`` or the SOS token ``s`` (B, 1), or the codes of the conditioning image
+    (B, ch, cw) as tokens ``s + c`` (B, ch*cw)."""
     if meta.cond_image is not None:
         shape = (batch, *meta.cond_grid)
         if cond_codes is None or tuple(cond_codes.shape) != shape:
@@ -211,14 +226,14 @@ def make_prefix(
             raise ValueError(f"an image-conditional model needs cond codes {shape}, got {got}")
         if int(cond_codes.min()) < 0 or int(cond_codes.max()) >= meta.cond_n_codes:
             raise ValueError(f"cond codes must lie in [0, {meta.cond_n_codes})")
-        return cond_codes.reshape(batch, -1).long() + meta.n_codes
+        return cond_codes.reshape(batch, -1).long() + meta.cond_start
     if meta.n_classes == 0:
-        return sos_prefix(batch, meta.n_codes)
+        return sos_prefix(batch, meta.cond_start)
     if labels is None:
         raise ValueError(f"a class-conditional model ({meta.n_classes} classes) needs labels")
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= meta.n_classes):
         raise ValueError(f"class labels must lie in [0, {meta.n_classes}), got {labels.tolist()}")
-    return class_prefix(labels, offset=meta.n_codes)
+    return class_prefix(labels, offset=meta.cond_start)
 
 
 def _lr_factor(step: int, cfg: TransformerTrainConfig) -> float:
@@ -351,7 +366,7 @@ def sample_images(
             f"{meta.cond_grid} equal to the code grid {meta.grid}"
         )
     else:
-        cond_grid = cond_codes.long() + meta.n_codes  # (n, gh, gw) tokens
+        cond_grid = cond_codes.long() + meta.cond_start  # (n, gh, gw) tokens
     sampling = (seed, temperature, top_k, top_p)
     codes = sample_sliding_window(
         gpt, (gh, gw), (h, w), prefix, cond_grid, *sampling, callback=mask_logits
