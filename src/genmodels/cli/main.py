@@ -7,11 +7,21 @@ import sys
 from collections.abc import Sequence
 
 from genmodels import __version__
-from genmodels.cli import convert, demo, generate, import_taming, info, samplers, train, vq_sample
+from genmodels.cli import (
+    convert,
+    demo,
+    generate,
+    import_taming,
+    info,
+    sample,
+    samplers,
+    train,
+    vq_sample,
+)
 
 # Each sub-command module provides register(subparsers) and a run(args) -> int it sets as
 # the parser's default ``func``.
-COMMANDS = (demo, train, samplers, info, convert, import_taming, generate, vq_sample)
+COMMANDS = (demo, train, sample, samplers, info, convert, import_taming, generate, vq_sample)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,8 +34,14 @@ def load_text_encoder(cfg: TextConfig) -> nn.Module:
     if cfg.encoder == "minilm":
         encoder: nn.Module = MiniLMTextEncoder(cfg.path, max_length=cfg.context_length())
         return encoder.eval().requires_grad_(False)
-    encoder = TextEncoder(cfg.encoder)
-    if cfg.path is not None:
+    if cfg.path is None:
+        # random weights (toy runs, tests): drawn from a fixed seed, whatever the global RNG
+        # state, so that sampling a trained run rebuilds the very encoder it was trained with
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            encoder = TextEncoder(cfg.encoder)
+    else:
+        encoder = TextEncoder(cfg.encoder)
         sd = load_file(cfg.path)
         try:
             encoder.load_state_dict(sd, strict=True)
