@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from genmodels.configs.train import get_train_config
+from genmodels.training.atomic import write_atomic
 from genmodels.training.config import load_config
 from genmodels.training.images import save_grid
 from genmodels.training.sampling import sample_labels
@@ -85,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
         "steps": cfg.steps,
         "samples": len(labels),
     }
-    (out / "report.json").write_text(json.dumps(figures, indent=2))
+    text = json.dumps(figures, indent=2)
+    write_atomic(out / "report.json", lambda tmp: tmp.write_text(text))
     print(f"genmodels demo: {report}")
     print(
         f"train {t_train:.0f}s, sample {t_sample:.0f}s, total {total:.0f}s; grid: {grid}; "

@@ -45,6 +45,7 @@ from torch import Tensor
 from genmodels.configs.autoencoder import DIGITS, AutoencoderConfig, get_autoencoder_config
 from genmodels.models.autoencoder_kl import AutoencoderKL
 
+from .atomic import write_atomic
 from .autoencoder_train import (
     AutoencoderTrainConfig,
     latent_scale_factor,
@@ -57,7 +58,6 @@ from .images import save_grid
 from .latents import VAE_FILE
 from .logging import RunLogger
 from .vq_config import VQDataConfig, load_images, resolve_device, stage_printer
-from .vqgan_train import write_atomic
 
 __all__ = [
     "LOG_FIELDS",

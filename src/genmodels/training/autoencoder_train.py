@@ -30,10 +30,10 @@ from torch import Tensor
 
 from genmodels.models.autoencoder_kl import AutoencoderKL
 
+from .atomic import write_atomic
 from .config import LatentConfig
 from .latents import load_frozen_vae
 from .vqgan_loss import VQGANLoss, VQGANLossConfig
-from .vqgan_train import write_atomic
 
 __all__ = [
     "AutoencoderTrainConfig",

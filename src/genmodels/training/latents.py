@@ -23,8 +23,8 @@ from genmodels.configs.autoencoder import AutoencoderConfig, get_autoencoder_con
 from genmodels.data.tensor_dataset import ImageTensorDataset
 from genmodels.models.autoencoder_kl import AutoencoderKL
 
+from .atomic import write_atomic
 from .config import LatentConfig
-from .vqgan_train import write_atomic
 
 __all__ = ["VAE_FILE", "LatentDataset", "build_latent_dataset", "encode_images", "load_frozen_vae"]
 

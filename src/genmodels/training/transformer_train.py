@@ -42,7 +42,8 @@ from genmodels.models.gpt import GPT, GPTConfig, class_prefix, next_token_loss, 
 from genmodels.models.gpt_sampling import sample, sample_sliding_window
 from genmodels.models.permuters import make_permuter
 from genmodels.models.vqgan import VQModel
-from genmodels.training.vqgan_train import load_vqgan, write_atomic
+from genmodels.training.atomic import write_atomic
+from genmodels.training.vqgan_train import load_vqgan
 
 __all__ = [
     "COND_IMAGES",

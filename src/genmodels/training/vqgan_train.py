@@ -19,7 +19,6 @@ Checkpoints: ``<dir>/vqgan.safetensors`` (taming key names) + ``<dir>/vqgan.json
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from genmodels.models.quantize_gumbel import (
     exponential_temperature,
 )
 from genmodels.models.vqgan import VQModel
+from genmodels.training.atomic import write_atomic
 from genmodels.training.vqgan_loss import VQGANLoss, VQGANLossConfig
 
 __all__ = [
@@ -46,7 +46,6 @@ __all__ = [
     "save_vqgan",
     "load_vqgan",
     "reconstruct_psnr",
-    "write_atomic",
 ]
 
 
@@ -199,27 +198,6 @@ def reconstruct_psnr(model: VQModel, images: Tensor, batch_size: int = 256) -> t
         counts += info.counts.cpu()
     mse = se / images.numel()
     return 10 * torch.log10(torch.tensor(4.0 / max(mse, 1e-12))).item(), counts
-
-
-def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a hidden temporary file, fsync it, then rename it to ``path``.
-
-    ``os.replace`` is atomic on POSIX, so a reader sees the old file or the new one, never a
-    torn one.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def save_vqgan(
