@@ -8,7 +8,7 @@ diffusion (``genmodels.training.autoencoder_run``: writes ``vae.safetensors`` fo
 ``genmodels.training.vq_config``. A file may give only the keys it changes. ``--preset`` starts
 from a named preset instead of the defaults (``digits-demo``, ``autoencoder-digits`` then
 ``digits-ldm``, ``vqgan-digits``, ``transformer-digits``, ...); an autoencoder or VQ preset
-implies its task. ``--resume`` is for diffusion runs. Launch diffusion runs with
+implies its task. ``--resume`` is for diffusion and autoencoder runs. Launch diffusion runs with
 ``torchrun --nproc-per-node N -m genmodels.cli.main train ...`` for data-parallel training.
 """
 
@@ -137,9 +137,7 @@ def _run_autoencoder(args: argparse.Namespace, loaded: dict[str, Any], overrides
     if args.print_config:
         print(dump_autoencoder_config(cfg), end="")
         return 0
-    if args.resume:
-        raise ValueError("--resume is not supported for task 'autoencoder' (its runs are short)")
-    print(f"wrote {run_autoencoder(cfg)}")
+    print(f"wrote {run_autoencoder(cfg, resume=args.resume)}")
     return 0
 
 

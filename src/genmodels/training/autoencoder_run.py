@@ -21,13 +21,16 @@ Output directory (``out_dir``):
 * ``vae.safetensors``: the autoencoder (ldm key names, its ``AutoencoderConfig`` as metadata,
   ``scale_factor`` = 1 / std of its latents when ``scale_by_std``, ldm ``scale_by_std``),
   written every ``ckpt_every`` steps and at the end;
+* ``checkpoints/step-<step>/``: every ``ckpt_every`` steps (the newest ``keep_last``), the
+  trainer's checkpoint layout (``checkpoint.py``): the autoencoder, and in ``state.pt`` the
+  discriminator, both optimisers, the batch generator and the RNG, for ``--resume``;
 * ``summary.json``: reconstruction PSNR over the data, the latent scale, the last log record.
 
 ``config.yaml``, ``vae.safetensors`` and ``summary.json`` are replaced atomically (temp file +
 rename). Latent diffusion takes the result as its frozen VAE with
 ``latent.vae_path=<out_dir>/vae.safetensors`` (or just ``<out_dir>``): the ``digits-ldm``
-preset reads ``runs/ae-digits``, where ``--preset autoencoder-digits`` writes. There is no
-``--resume`` (as for the VQ stages: the runs are short).
+preset reads ``runs/ae-digits``, where ``--preset autoencoder-digits`` writes. ``--resume``
+continues from the newest checkpoint exactly: the same weights as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from .autoencoder_train import (
     save_autoencoder_kl,
     train_autoencoder_kl,
 )
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import apply_overrides, config_from_dict, config_to_dict, merge_dicts, read_yaml
 from .images import save_grid
 from .latents import VAE_FILE
@@ -83,7 +87,8 @@ class AutoencoderRunConfig:
     train: AutoencoderTrainConfig = field(default_factory=AutoencoderTrainConfig)
     scale_by_std: bool = True  # model.scale_factor := 1 / std of the trained latents
     sample_every: int = 0  # reconstruction grid every N steps; 0: only at the end
-    ckpt_every: int = 0  # vae.safetensors every N steps; 0: only at the end
+    ckpt_every: int = 0  # vae.safetensors + a resumable checkpoint every N steps; 0: at the end
+    keep_last: int = 2  # resumable checkpoints kept (0: all)
     grid_images: int = 8
     out_dir: str = "runs/autoencoder"
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -95,7 +100,8 @@ class AutoencoderRunConfig:
         f = self.model.downsample_factor
         if self.data.size % f:
             raise ValueError(f"data.size={self.data.size} is not divisible by model's factor {f}")
-        for name, low in (("sample_every", 0), ("ckpt_every", 0), ("grid_images", 1)):
+        for name, low in (("sample_every", 0), ("ckpt_every", 0), ("keep_last", 0),
+                          ("grid_images", 1)):  # fmt: skip
             if getattr(self, name) < low:
                 raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
 
@@ -170,9 +176,12 @@ def _save_vae(model: AutoencoderKL, images: Tensor, cfg: AutoencoderRunConfig) -
 
 
 def run_autoencoder(
-    cfg: AutoencoderRunConfig, log: Callable[[int, dict[str, float]], None] | None = None
+    cfg: AutoencoderRunConfig,
+    log: Callable[[int, dict[str, float]], None] | None = None,
+    resume: bool = False,
 ) -> Path:
-    """Train the autoencoder and write ``cfg.out_dir`` (see the module docstring); returns it."""
+    """Train the autoencoder and write ``cfg.out_dir`` (see the module docstring); returns it.
+    ``resume``: continue from the newest checkpoint in ``out_dir`` (a fresh run if none)."""
     device = resolve_device(cfg.device)
     images, _ = load_images(cfg.data)  # (N, C, H, W) in [-1, 1]
     if images.shape[1] != cfg.model.in_channels:
@@ -187,24 +196,33 @@ def run_autoencoder(
     model = AutoencoderKL(cfg.model).to(device)
     grid, steps = images[: cfg.grid_images], cfg.train.steps
     printer = log or stage_printer(TASK)
-    (out / "log.csv").unlink(missing_ok=True)  # a fresh run: no rows of an earlier one
-    logger = RunLogger(out, steps, bar=False, fields=LOG_FIELDS)
+    found = latest_checkpoint(out / "checkpoints") if resume else None
+    state = load_checkpoint(found, model) if found is not None else None
+    if state is not None:
+        print(f"{TASK}: resumed at step {state['step']} from {found}", flush=True)
+    else:
+        (out / "log.csv").unlink(missing_ok=True)  # a fresh run: no rows of an earlier one
+    start = 0 if state is None else int(state["step"])
+    logger = RunLogger(out, steps, start, bar=False, fields=LOG_FIELDS)
 
     def on_log(step: int, record: dict[str, float]) -> None:
         logger.log(step, {k: v for k, v in record.items() if k != "step"})
         printer(step, record)
 
-    def on_step(step: int) -> None:
+    def on_step(step: int, loop_state: Callable[[], dict[str, Any]]) -> None:
         if step == steps:
             return  # the final grid and checkpoint follow the loop
         if cfg.sample_every and step % cfg.sample_every == 0:
             _save_reconstructions(model, grid, out / "samples" / f"recon-{step:08d}.png")
         if cfg.ckpt_every and step % cfg.ckpt_every == 0:
+            config_text = dump_autoencoder_config(cfg)
+            save_checkpoint(out / "checkpoints", step, model, None, loop_state(), config_text,
+                            keep_last=cfg.keep_last)  # fmt: skip
             _save_vae(model, images, cfg)
         model.train()
 
     try:
-        records = train_autoencoder_kl(model, images, cfg.train, on_log, on_step)
+        records = train_autoencoder_kl(model, images, cfg.train, on_log, on_step, state)
     finally:
         logger.close()
     scale = _save_vae(model, images, cfg)

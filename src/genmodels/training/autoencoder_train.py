@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -31,6 +32,7 @@ from torch import Tensor
 from genmodels.models.autoencoder_kl import AutoencoderKL
 
 from .atomic import write_atomic
+from .checkpoint import capture_rng, restore_rng
 from .config import LatentConfig
 from .latents import load_frozen_vae
 from .vqgan_loss import VQGANLoss, VQGANLossConfig
@@ -79,13 +81,18 @@ def train_autoencoder_kl(
     images: Tensor,
     cfg: AutoencoderTrainConfig,
     callback: Callable[[int, dict[str, float]], None] | None = None,
-    on_step: Callable[[int], None] | None = None,
+    on_step: Callable[[int, Callable[[], dict[str, Any]]], None] | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> list[dict[str, float]]:
     """Train ``model`` on ``images`` (N, C, H, W) in [-1, 1]; returns the logged records.
 
     Batches are drawn with replacement from a generator seeded with ``cfg.seed``. ``callback``
-    gets each logged record; ``on_step`` the number of finished steps after every step
-    (reconstruction grids, checkpoints; it must leave ``model`` in training mode).
+    gets each logged record; ``on_step(step, state)`` the number of finished steps after every
+    step and a function returning the loop's state (reconstruction grids, checkpoints; it must
+    leave ``model`` in training mode). ``resume``: such a state, with ``model`` already holding
+    the weights saved with it; the loop continues at its step exactly (discriminator, both
+    optimisers, the batch / posterior generator and the global RNG are restored; a log window
+    cut by the checkpoint averages only the steps after it).
     """
     c = model.config
     if images.ndim != 4 or images.shape[1] != c.in_channels:
@@ -101,11 +108,27 @@ def train_autoencoder_kl(
         loss_fn.discriminator.parameters(), lr=cfg.disc_lr or cfg.lr, betas=cfg.betas
     )
     gen = torch.Generator().manual_seed(cfg.seed)
+    start = 0
+    if resume is not None:
+        loss_fn.load_state_dict(resume["loss"])
+        opt_ae.load_state_dict(resume["opt_ae"])
+        opt_d.load_state_dict(resume["opt_d"])
+        gen.set_state(resume["generator"])
+        restore_rng(resume["rng"])
+        start = int(resume["step"])
+
+    def state() -> dict[str, Any]:
+        return {
+            "step": step + 1, "loss": loss_fn.state_dict(), "opt_ae": opt_ae.state_dict(),
+            "opt_d": opt_d.state_dict(), "generator": gen.get_state(), "rng": capture_rng(),
+        }  # fmt: skip
+
     pixels = images[0].numel()  # C * H * W
     sums: dict[str, float] = {}
+    count = 0  # steps summed in ``sums`` since the last logged record
     records: list[dict[str, float]] = []
     t0 = time.perf_counter()
-    for step in range(cfg.steps):
+    for step in range(start, cfg.steps):
         idx = torch.randint(0, images.shape[0], (cfg.batch_size,), generator=gen)
         x = images[idx].to(device)
         x_rec, posterior = model(x, sample_posterior=True, generator=gen)  # eps on the CPU
@@ -124,16 +147,16 @@ def train_autoencoder_kl(
         logs["kl_loss"] = logs.pop("codebook_loss")
         for k, v in logs.items():
             sums[k] = sums.get(k, 0.0) + v
+        count += 1
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            n = (step % cfg.log_every) + 1
-            record = {k: v / n for k, v in sums.items()}
+            record = {k: v / count for k, v in sums.items()}
             record |= {"step": step + 1, "seconds": time.perf_counter() - t0}
             records.append(record)
             if callback is not None:
                 callback(step + 1, record)
-            sums = {}
+            sums, count = {}, 0
         if on_step is not None:
-            on_step(step + 1)
+            on_step(step + 1, state)
     model.eval()
     return records
 
