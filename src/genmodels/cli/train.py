@@ -8,7 +8,8 @@ diffusion (``genmodels.training.autoencoder_run``: writes ``vae.safetensors`` fo
 ``genmodels.training.vq_config``. A file may give only the keys it changes. ``--preset`` starts
 from a named preset instead of the defaults (``digits-demo``, ``autoencoder-digits`` then
 ``digits-ldm``, ``vqgan-digits``, ``transformer-digits``, ...); an autoencoder or VQ preset
-implies its task. ``--resume`` is for diffusion and autoencoder runs. Launch diffusion runs with
+implies its task. ``--resume`` continues any task from the newest checkpoint in its output
+directory (``ckpt_every``; a fresh run if there is none). Launch diffusion runs with
 ``torchrun --nproc-per-node N -m genmodels.cli.main train ...`` for data-parallel training.
 """
 
@@ -63,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue from the newest checkpoint in out_dir (diffusion runs)",
+        help="continue from the newest checkpoint in out_dir",
     )
     p.add_argument("--print-config", action="store_true", help="print the resolved config, exit")
     p.set_defaults(func=run)
@@ -124,9 +125,8 @@ def _run_vq(
     if args.print_config:
         print(dump_run_config(cfg), end="")
         return 0
-    if args.resume:
-        raise ValueError(f"--resume is not supported for task {task!r} (its runs are short)")
-    out = run_transformer(cfg) if isinstance(cfg, TransformerRunConfig) else run_vqgan(cfg)
+    run_stage = run_transformer if isinstance(cfg, TransformerRunConfig) else run_vqgan
+    out = run_stage(cfg, resume=args.resume)
     print(f"wrote {out}")
     return 0
 

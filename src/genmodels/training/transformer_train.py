@@ -19,6 +19,9 @@ The loop: per-sample cross-entropy of each code given the prefix and the codes b
 (``next_token_loss``, with ``pkeep`` corruption of the inputs), AdamW (betas 0.9/0.95 as
 minGPT), linear warm-up then cosine decay, gradient clipping, optional bf16 autocast.
 
+``on_step`` / ``resume`` checkpoint and continue the loop exactly (``training/checkpoint.py``);
+the learning rate is a function of the step alone.
+
 Checkpoints: ``<dir>/transformer.safetensors`` + ``<dir>/transformer.json`` next to the
 VQGAN's files (:func:`~genmodels.training.vqgan_train.save_vqgan`).
 """
@@ -43,6 +46,7 @@ from genmodels.models.gpt_sampling import sample, sample_sliding_window
 from genmodels.models.permuters import make_permuter
 from genmodels.models.vqgan import VQModel
 from genmodels.training.atomic import write_atomic
+from genmodels.training.checkpoint import capture_rng, restore_rng
 from genmodels.training.vqgan_train import load_vqgan
 
 __all__ = [
@@ -252,9 +256,16 @@ def train_transformer(
     cfg: TransformerTrainConfig,
     callback: Callable[[int, dict[str, float]], None] | None = None,
     cond_codes: Tensor | None = None,
+    on_step: Callable[[int, Callable[[], dict[str, Any]]], None] | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> list[dict[str, float]]:
     """Train ``gpt`` on code grids (N, h, w) (+ labels (N,), or the codes (N, ch, cw) of the
-    conditioning images for an image-conditional ``meta``); returns the logged records."""
+    conditioning images for an image-conditional ``meta``); returns the logged records.
+
+    ``on_step(step, state)`` gets the number of finished steps after every step and a function
+    returning the loop's state; ``resume``: such a state, with ``gpt`` already holding the
+    weights saved with it (the optimiser, the batch / pkeep generator, the global RNG of
+    dropout, the open log window and the earlier records are restored)."""
     if codes.ndim != 3 or tuple(codes.shape[1:]) != meta.grid:
         raise ValueError(f"expected codes (N, {meta.grid[0]}, {meta.grid[1]}), got {codes.shape}")
     if cond_codes is not None and len(cond_codes) != len(codes):
@@ -272,8 +283,23 @@ def train_transformer(
     )
     gen = torch.Generator().manual_seed(cfg.seed)
     gpt.train()
-    records, total, t0 = [], 0.0, time.perf_counter()
-    for step in range(cfg.steps):
+    records: list[dict[str, float]] = []
+    total, count, start = 0.0, 0, 0  # loss sum and steps of the open log window
+    if resume is not None:
+        opt.load_state_dict(resume["opt"])
+        gen.set_state(resume["generator"])
+        restore_rng(resume["rng"])
+        total, count = float(resume["total"]), int(resume["count"])
+        records, start = list(resume["records"]), int(resume["step"])
+
+    def state() -> dict[str, Any]:
+        return {
+            "step": step + 1, "opt": opt.state_dict(), "generator": gen.get_state(),
+            "rng": capture_rng(), "total": total, "count": count, "records": list(records),
+        }  # fmt: skip
+
+    t0 = time.perf_counter()
+    for step in range(start, cfg.steps):
         idx = torch.randint(0, codes.shape[0], (cfg.batch_size,), generator=gen)
         z = permuter(codes[idx].reshape(cfg.batch_size, -1).to(device))  # (B, h*w)
         c = make_prefix(
@@ -292,13 +318,15 @@ def train_transformer(
             torch.nn.utils.clip_grad_norm_(gpt.parameters(), cfg.grad_clip)
         opt.step()
         total += loss.item()
+        count += 1
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            n = (step % cfg.log_every) + 1
-            record = {"step": step + 1, "loss": total / n, "seconds": time.perf_counter() - t0}
+            record = {"step": step + 1, "loss": total / count, "seconds": time.perf_counter() - t0}
             records.append(record)
             if callback is not None:
                 callback(step + 1, record)
-            total = 0.0
+            total, count = 0.0, 0
+        if on_step is not None:
+            on_step(step + 1, state)
     gpt.eval()
     return records
 

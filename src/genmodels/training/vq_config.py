@@ -12,7 +12,14 @@ Output directory (read directly by ``genmodels vq-sample --ckpt DIR``):
 * stage 2 writes ``transformer.safetensors`` + ``transformer.json`` + ``transformer_run.yaml``
   into ``out_dir`` (default: the VQGAN directory; another directory gets a copy of the
   VQGAN files), and ``cond_vqgan.*`` when an image-conditional model has its own cond-stage
-  VQGAN (``cond_vqgan_dir``). Every file is replaced atomically.
+  VQGAN (``cond_vqgan_dir``). Every file is replaced atomically;
+* every ``ckpt_every`` steps (the newest ``keep_last``), a resumable checkpoint in the trainer's
+  layout (``checkpoint.py``): stage 1 in ``out_dir/checkpoints/step-<step>/`` (the VQModel with
+  its codebook buffers; the discriminator, both optimisers, the batch generator, the RNG and the
+  open log window in ``state.pt``), stage 2 in ``<its out_dir>/transformer_checkpoints/``, so
+  both stages can share a directory. ``run_vqgan(cfg, resume=True)`` /
+  ``run_transformer(cfg, resume=True)`` continue from the newest one exactly (the same weights
+  as an uninterrupted run; a fresh run if there is none).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from genmodels.data.builtin import build_dataset
 from genmodels.models.gpt import GPT, GPTConfig
 from genmodels.models.permuters import PERMUTERS
 from genmodels.models.vqgan import VQModel
+from genmodels.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from genmodels.training.config import (
     apply_overrides,
     config_from_dict,
@@ -76,6 +84,13 @@ __all__ = [
 ]
 
 Device = Literal["auto", "cpu", "cuda"]
+VQGAN_CKPT_DIR, TRANSFORMER_CKPT_DIR = "checkpoints", "transformer_checkpoints"
+
+
+def _check_ckpt_keys(cfg: Any) -> None:
+    for name in ("ckpt_every", "keep_last"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
 
 
 def small_image_loss(in_channels: int, disc_start: int = 400) -> VQGANLossConfig:
@@ -123,9 +138,12 @@ class VQGANRunConfig:
         default_factory=lambda: VQGANTrainConfig(loss=small_image_loss(DIGITS.in_channels))
     )
     out_dir: str = "runs/vqgan"
+    ckpt_every: int = 0  # a resumable checkpoint every N steps; 0: none
+    keep_last: int = 2  # resumable checkpoints kept (0: all)
     device: Device = "auto"
 
     def __post_init__(self) -> None:
+        _check_ckpt_keys(self)
         f = self.model.downsample_factor
         if self.data.size % f:
             raise ValueError(f"data.size={self.data.size} is not divisible by model's factor {f}")
@@ -151,9 +169,12 @@ class TransformerRunConfig:
     cond_size: int | None = None  # px of the conditioning image; default data.size (// 2 lowres)
     cond_vqgan_dir: str | None = None  # the cond-stage VQGAN; None: the first stage encodes it
     out_dir: str | None = None  # None: next to the VQGAN, in vqgan_dir
+    ckpt_every: int = 0  # a resumable checkpoint every N steps; 0: none
+    keep_last: int = 2  # resumable checkpoints kept (0: all)
     device: Device = "auto"
 
     def __post_init__(self) -> None:
+        _check_ckpt_keys(self)
         if self.permuter not in PERMUTERS:
             raise ValueError(f"permuter: unknown {self.permuter!r}; valid: {list(PERMUTERS)}")
         if self.n_classes < 0:
@@ -264,8 +285,34 @@ def stage_printer(stage: str) -> Callable[[int, dict[str, float]], None]:
     return log
 
 
-def run_vqgan(cfg: VQGANRunConfig, log: Callable | None = None) -> Path:
-    """Train stage 1 and write the VQGAN to ``cfg.out_dir``; returns that directory."""
+def _resume_state(root: Path, model: torch.nn.Module, resume: bool, stage: str) -> dict | None:
+    """The loop state of the newest checkpoint under ``root`` (weights loaded into ``model``),
+    or None (no ``resume``, or no checkpoint: a fresh run)."""
+    found = latest_checkpoint(root) if resume else None
+    if found is None:
+        return None
+    state = load_checkpoint(found, model)
+    print(f"{stage}: resumed at step {state['step']} from {found}", flush=True)
+    return state
+
+
+def _checkpointer(
+    root: Path, cfg: RunConfig, model: torch.nn.Module
+) -> Callable[[int, Callable[[], dict[str, Any]]], None]:
+    """An ``on_step`` writing a resumable checkpoint every ``cfg.ckpt_every`` steps (not at the
+    last step: the run's own files follow the loop)."""
+
+    def on_step(step: int, loop_state: Callable[[], dict[str, Any]]) -> None:
+        if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.train.steps:
+            save_checkpoint(root, step, model, None, loop_state(), dump_run_config(cfg),
+                            keep_last=cfg.keep_last)  # fmt: skip
+
+    return on_step
+
+
+def run_vqgan(cfg: VQGANRunConfig, log: Callable | None = None, resume: bool = False) -> Path:
+    """Train stage 1 and write the VQGAN to ``cfg.out_dir``; returns that directory.
+    ``resume``: continue from the newest checkpoint in ``out_dir`` (a fresh run if none)."""
     device = resolve_device(cfg.device)
     images, _ = load_images(cfg.data)  # (N, C, H, W)
     if images.shape[1] != cfg.model.in_channels:
@@ -275,11 +322,14 @@ def run_vqgan(cfg: VQGANRunConfig, log: Callable | None = None) -> Path:
         )
     torch.manual_seed(cfg.train.seed)  # weight initialisation
     model = VQModel(cfg.model).to(device)
-    records = train_vqgan(model, images, cfg.train, callback=log or stage_printer("vqgan"))
+    out = Path(cfg.out_dir)
+    root = out / VQGAN_CKPT_DIR
+    state = _resume_state(root, model, resume, "vqgan")
+    printer, on_step = log or stage_printer("vqgan"), _checkpointer(root, cfg, model)
+    records = train_vqgan(model, images, cfg.train, None, printer, on_step, state)
     psnr, counts = reconstruct_psnr(model, images.to(device))
     usage = float((counts > 0).float().mean())
     print(f"vqgan: PSNR {psnr:.2f} dB, codebook usage {usage:.1%} of {len(counts)} codes")
-    out = Path(cfg.out_dir)
     extra = {"psnr_db": psnr, "usage": usage, "steps": cfg.train.steps, "log": records}
     save_vqgan(out, model.cpu(), extra=extra)
     dump_run_config(cfg, out / "vqgan_run.yaml")
@@ -292,8 +342,11 @@ def _copy_vqgan(src: Path, dst: Path) -> None:
         write_atomic(dst / name, lambda p, name=name: shutil.copyfile(src / name, p))
 
 
-def run_transformer(cfg: TransformerRunConfig, log: Callable | None = None) -> Path:
-    """Train stage 2 over the codes of ``cfg.vqgan_dir``; returns the output directory."""
+def run_transformer(
+    cfg: TransformerRunConfig, log: Callable | None = None, resume: bool = False
+) -> Path:
+    """Train stage 2 over the codes of ``cfg.vqgan_dir``; returns the output directory.
+    ``resume``: continue from the newest checkpoint in its ``transformer_checkpoints/``."""
     device = resolve_device(cfg.device)
     vq = load_vqgan(cfg.vqgan_dir).to(device)
     images, labels = load_images(cfg.data)
@@ -330,12 +383,15 @@ def run_transformer(cfg: TransformerRunConfig, log: Callable | None = None) -> P
     meta = TransformerMeta(gpt_cfg, vq.n_codes, cfg.n_classes, (h, w), cfg.permuter, **cond)
     torch.manual_seed(cfg.train.seed)  # weight initialisation
     gpt = GPT(gpt_cfg).to(device)
-    train_labels = labels if cfg.n_classes > 0 else None
-    records = train_transformer(
-        gpt, meta, codes, train_labels, cfg.train, log or stage_printer("transformer"), cond_codes
-    )
     src = Path(cfg.vqgan_dir)
     out = Path(cfg.out_dir) if cfg.out_dir is not None else src
+    root = out / TRANSFORMER_CKPT_DIR
+    state = _resume_state(root, gpt, resume, "transformer")
+    train_labels = labels if cfg.n_classes > 0 else None
+    printer, on_step = log or stage_printer("transformer"), _checkpointer(root, cfg, gpt)
+    records = train_transformer(
+        gpt, meta, codes, train_labels, cfg.train, printer, cond_codes, on_step, state
+    )
     if out.resolve() != src.resolve():  # vq-sample reads both models from one directory
         _copy_vqgan(src, out)
     if cfg.cond_vqgan_dir:

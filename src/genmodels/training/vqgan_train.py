@@ -12,6 +12,10 @@ the quantiser computes distances and its loss in float32 either way. Codebook us
 perplexity are accumulated over each logging window. A Gumbel quantiser's temperature follows
 ``gumbel_temperature`` (taming's ``temperature_scheduling``), set before each step.
 
+``on_step`` / ``resume`` checkpoint and continue the loop exactly (``training/checkpoint.py``):
+the codebook's EMA statistics, k-means flag and dead-code counters are buffers of the model,
+so its state dict carries them; the loop's state holds the rest.
+
 Checkpoints: ``<dir>/vqgan.safetensors`` (taming key names) + ``<dir>/vqgan.json`` (the
 :class:`~genmodels.configs.vqgan.VQConfig`), read back by :func:`load_vqgan`.
 """
@@ -37,6 +41,7 @@ from genmodels.models.quantize_gumbel import (
 )
 from genmodels.models.vqgan import VQModel
 from genmodels.training.atomic import write_atomic
+from genmodels.training.checkpoint import capture_rng, restore_rng
 from genmodels.training.vqgan_loss import VQGANLoss, VQGANLossConfig
 
 __all__ = [
@@ -118,10 +123,17 @@ def train_vqgan(
     cfg: VQGANTrainConfig,
     loss_fn: VQGANLoss | None = None,
     callback: Callable[[int, dict[str, float]], None] | None = None,
+    on_step: Callable[[int, Callable[[], dict[str, Any]]], None] | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> list[dict[str, float]]:
     """Train ``model`` on ``images`` (N, C, H, W) in [-1, 1]; returns the logged records.
 
-    Batches are drawn with replacement from a generator seeded with ``cfg.seed``.
+    Batches are drawn with replacement from a generator seeded with ``cfg.seed``. ``callback``
+    gets each logged record; ``on_step(step, state)`` the number of finished steps after every
+    step and a function returning the loop's state (for checkpoints; it must leave ``model`` in
+    training mode). ``resume``: such a state, with ``model`` already holding the weights saved
+    with it; the loop continues at its step exactly (``loss_fn``, both optimisers, the batch
+    generator, the global RNG, the open log window and the earlier records are restored).
     """
     if images.ndim != 4 or images.shape[1] != model.cfg.in_channels:
         raise ValueError(
@@ -139,11 +151,31 @@ def train_vqgan(
         loss_fn.discriminator.parameters(), lr=cfg.disc_lr or cfg.lr, betas=cfg.betas
     )
     gen = torch.Generator().manual_seed(cfg.seed)
-    counts = torch.zeros(model.cfg.n_embed, dtype=torch.long)
+    counts = torch.zeros(model.cfg.n_embed, dtype=torch.long)  # code usage of the log window
     sums: dict[str, float] = {}
+    count = 0  # steps summed in ``sums`` / ``counts`` since the last logged record
     records: list[dict[str, float]] = []
+    start = 0
+    if resume is not None:
+        loss_fn.load_state_dict(resume["loss"])
+        opt_ae.load_state_dict(resume["opt_ae"])
+        opt_d.load_state_dict(resume["opt_d"])
+        gen.set_state(resume["generator"])
+        restore_rng(resume["rng"])
+        counts.copy_(resume["counts"])
+        sums, count = dict(resume["sums"]), int(resume["count"])
+        records, start = list(resume["records"]), int(resume["step"])
+
+    def state() -> dict[str, Any]:
+        return {
+            "step": step + 1, "loss": loss_fn.state_dict(), "opt_ae": opt_ae.state_dict(),
+            "opt_d": opt_d.state_dict(), "generator": gen.get_state(), "rng": capture_rng(),
+            "counts": counts.clone(), "sums": dict(sums), "count": count,
+            "records": list(records),
+        }  # fmt: skip
+
     t0 = time.perf_counter()
-    for step in range(cfg.steps):
+    for step in range(start, cfg.steps):
         idx = torch.randint(0, images.shape[0], (cfg.batch_size,), generator=gen)
         x = images[idx].to(device)
         temperature = None
@@ -168,10 +200,10 @@ def train_vqgan(
         counts += info.counts.cpu()
         for k, v in logs.items():
             sums[k] = sums.get(k, 0.0) + v
+        count += 1
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            n = (step % cfg.log_every) + 1
             p = counts.float() / counts.sum()
-            record = {k: v / n for k, v in sums.items()} | {
+            record = {k: v / count for k, v in sums.items()} | {
                 "step": step + 1,
                 "usage": float((counts > 0).float().mean()),
                 "perplexity": float(torch.exp(-(p * torch.log(p + 1e-10)).sum())),
@@ -181,7 +213,9 @@ def train_vqgan(
             if callback is not None:
                 callback(step + 1, record)
             counts.zero_()
-            sums = {}
+            sums, count = {}, 0
+        if on_step is not None:
+            on_step(step + 1, state)
     model.eval()
     return records
 
