@@ -9,13 +9,15 @@ only for CPU bf16 channels-last inference with no autograd graph being recorded 
 Measured and dropped (benchmarks/unet_speed.py, same process, interleaved with diffusers): oneDNN
 ``mkldnn._linear_pointwise`` with the bias / GELU fused into the matmul. It is faster than
 ``F.linear`` in isolated calls but slower inside the SD 1.5 UNet step (1.9-2.6 s vs 1.7 s for all
-linears), as the unpacked bf16 weights are reordered on every call. Also measured (SD 1.5
-UNet, 64x64 latent, bf16 channels-last, 2 cores): ``torch.compile`` with inductor freezing,
-2.68-2.75 s/step against 2.95 s eager, after a 97 s compile (a 20-step CFG job loses time);
-zero-padding the 40-wide attention heads to 48 or 64 channels for the SDPA kernel, slower (217 /
-226 ms against 166 ms per 8x4096x40 self-attention); torch's CPU flash SDPA runs that
-attention at about 130 GFLOP/s in bf16 and fp32 alike (a quarter of the bf16 matmul rate), which
-makes the five 4096-token attentions about 0.85 s of the step, the largest gap to the floor.
+linears), as the unpacked bf16 weights are reordered on every call.
+
+Also measured (SD 1.5 UNet, 64x64 latent, bf16 channels-last, 2 cores) and dropped:
+``torch.compile`` with inductor freezing, 2.68-2.75 s/step against 2.95 s eager after a 97 s
+compile (a 20-step CFG job loses time); for the 8x4096x40 self-attention, zero-padding the heads
+to 48 or 64 channels (217 / 226 ms against 166 ms), chunked bmm + softmax + bmm (304-346 ms
+against 195 ms) and compiled ``flex_attention`` (731 ms). torch's CPU flash SDPA runs that
+attention at about 130 GFLOP/s in bf16 and fp32 alike (a quarter of the bf16 matmul rate): the
+five 4096-token attentions are about 0.85 s of the step, the largest gap to the floor.
 """
 
 from __future__ import annotations
