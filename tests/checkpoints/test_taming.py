@@ -15,6 +15,8 @@ from safetensors.torch import save_file
 
 from genmodels.checkpoints.io import CheckpointError
 from genmodels.checkpoints.taming import (
+    load_taming_gpt,
+    load_taming_vq,
     load_taming_vqgan,
     net2net_parts,
     vq_config_from_taming_state_dict,
@@ -100,7 +102,7 @@ def test_lightning_ckpt_round_trip(variant: str, tmp_path: Path, lightning) -> N
     }
     original = VQModel(cfg[variant]).eval()  # fmt: skip
     sd = _vq_sd(cfg[variant])
-    original.load_taming_state_dict(sd)
+    load_taming_vq(original, sd)
     path = lightning(sd, tmp_path / "logs" / "run" / "checkpoints" / "last.ckpt")
     model = load_taming_vqgan(path)
     assert model.cfg.quantizer == cfg[variant].quantizer and model.cfg.resolution == 256
@@ -170,9 +172,9 @@ def test_unconditional_net2net_imports_and_samples_like_taming(tmp_path: Path, l
     assert make_prefix(meta, None, 2).tolist() == [[0], [0]]  # taming's SOS token 0
     # taming's sampling: SOS prefix, 16 codes, undo the permutation, decode the codes
     ref_gpt = GPT(GPT_CFG).eval()
-    ref_gpt.load_taming_state_dict(sd)
+    load_taming_gpt(ref_gpt, sd)
     ref_vq = VQModel(TINY).eval()
-    ref_vq.load_taming_state_dict(sd, prefix="first_stage_model.")
+    load_taming_vq(ref_vq, sd, prefix="first_stage_model.")
     tokens = sample(ref_gpt, torch.zeros(2, 1, dtype=torch.long), 16, 7, top_k=5)
     codes = make_permuter("z_curve", 4, 4)(tokens, reverse=True).reshape(2, 4, 4)
     with torch.no_grad():

@@ -6,12 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from genmodels.checkpoints.taming import gpt_config_from_state_dict, load_taming_gpt
 from genmodels.models.gpt import (
     GPT,
     GPTConfig,
     class_prefix,
     corrupt_tokens,
-    gpt_config_from_state_dict,
     next_token_loss,
     sos_prefix,
     teacher_forcing,
@@ -116,31 +116,33 @@ def test_net2net_checkpoint_loads_via_the_transformer_prefix(n_unmasked):
     inferred = gpt_config_from_state_dict(ckpt, n_head=4)
     assert inferred == cfg
     model = GPT(inferred).eval()
-    assert sorted(model.load_taming_state_dict(ckpt)) == sorted(others)
+    assert sorted(load_taming_gpt(model, ckpt)) == sorted(others)
     idx = torch.randint(0, 11, (2, 16), generator=torch.Generator().manual_seed(0))
     ref = _mingpt_reference(gpt_sd, cfg, idx)
     torch.testing.assert_close(model(idx)[0], ref, atol=1e-5, rtol=1e-5)
     # a bare GPT state dict loads with prefix=""
-    GPT(cfg).load_taming_state_dict(gpt_sd, prefix="")
+    load_taming_gpt(GPT(cfg), gpt_sd, prefix="")
 
 
 def test_net2net_checkpoint_mismatch_names_the_key():
     cfg = GPTConfig(11, 16, n_layer=2, n_head=4, n_embd=16)
     ckpt = {f"transformer.{k}": v for k, v in _taming_state_dict(cfg).items()}
     del ckpt["transformer.blocks.1.attn.proj.bias"]
-    with pytest.raises(ValueError, match=r"missing keys \['blocks.1.attn.proj.bias'\]"):
-        GPT(cfg).load_taming_state_dict(ckpt)
+    with pytest.raises(ValueError, match=r"missing keys \['transformer.blocks.1.attn.proj.bias'\]"):
+        load_taming_gpt(GPT(cfg), ckpt)
     ckpt = {f"transformer.{k}": v for k, v in _taming_state_dict(cfg).items()}
     ckpt["transformer.blocks.0.attn.c_attn.weight"] = torch.zeros(48, 16)
-    with pytest.raises(ValueError, match=r"unexpected keys \['blocks.0.attn.c_attn.weight'\]"):
-        GPT(cfg).load_taming_state_dict(ckpt)
+    with pytest.raises(
+        ValueError, match=r"unexpected keys \['transformer.blocks.0.attn.c_attn.weight'\]"
+    ):
+        load_taming_gpt(GPT(cfg), ckpt)
     bigger = GPTConfig(12, 16, n_layer=2, n_head=4, n_embd=16)
     with pytest.raises(ValueError, match="shape mismatch for transformer.tok_emb.weight"):
-        GPT(bigger).load_taming_state_dict(
-            {f"transformer.{k}": v for k, v in _taming_state_dict(cfg).items()}
+        load_taming_gpt(
+            GPT(bigger), {f"transformer.{k}": v for k, v in _taming_state_dict(cfg).items()}
         )
     with pytest.raises(ValueError, match="no key starts with 'transformer.'"):
-        GPT(cfg).load_taming_state_dict(_taming_state_dict(cfg))
+        load_taming_gpt(GPT(cfg), _taming_state_dict(cfg))
     with pytest.raises(ValueError, match="transformer.pos_emb is missing"):
         gpt_config_from_state_dict({"transformer.tok_emb.weight": torch.zeros(3, 4)}, n_head=1)
 

@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from genmodels.checkpoints.taming import load_taming_vq
 from genmodels.configs.vqgan import IMAGENET_F16_1024, TINY, VQConfig, get_vqgan_config
 from genmodels.models.vqgan import VQModel
 
@@ -63,23 +64,23 @@ def _taming_state_dict(cfg: VQConfig, seed: int = 0) -> dict[str, torch.Tensor]:
 def test_taming_state_dict_loads_strictly_and_ignores_loss_keys() -> None:
     sd = _taming_state_dict(TINY)
     model = VQModel(TINY).eval()
-    ignored = model.load_taming_state_dict(sd)
+    ignored = load_taming_vq(model, sd)
     assert sorted(ignored) == sorted(k for k in sd if k.startswith("loss."))
     own = model.state_dict()
     for k, v in own.items():
         torch.testing.assert_close(v, sd[k])
     prefixed = {f"first_stage_model.{k}": v for k, v in sd.items()} | {"model.x": torch.ones(1)}
-    VQModel(TINY).load_taming_state_dict(prefixed, prefix="first_stage_model.")
+    load_taming_vq(VQModel(TINY), prefixed, prefix="first_stage_model.")
 
 
 def test_state_dict_mismatch_is_a_clear_error() -> None:
     sd = _taming_state_dict(TINY)
     del sd["quant_conv.bias"]
     with pytest.raises(ValueError, match="missing keys.*quant_conv.bias"):
-        VQModel(TINY).load_taming_state_dict(sd)
+        load_taming_vq(VQModel(TINY), sd)
     sd = _taming_state_dict(replace(TINY, n_embed=16))
     with pytest.raises(ValueError, match="shape mismatch for quantize.embedding.weight"):
-        VQModel(TINY).load_taming_state_dict(sd)
+        load_taming_vq(VQModel(TINY), sd)
 
 
 def test_encode_decode_matches_the_taming_pipeline() -> None:
@@ -167,7 +168,7 @@ def test_net2net_first_stage_loads_with_its_prefix() -> None:
     ckpt = {f"first_stage_model.{k}": v for k, v in sd.items()}
     ckpt |= {"transformer.tok_emb.weight": torch.zeros(3, 4), "cond_stage_model.x": torch.ones(1)}
     model = VQModel(TINY)
-    model.load_taming_state_dict(ckpt, prefix="first_stage_model.")
+    load_taming_vq(model, ckpt, prefix="first_stage_model.")
     torch.testing.assert_close(model.quantize.embedding.weight, sd["quantize.embedding.weight"])
 
 
@@ -196,7 +197,7 @@ def test_remap_restricts_indices_and_loads_taming_used_buffer(quantizer: str, tm
     torch.testing.assert_close(entry[0, :, 0, 0], table[9])
     # a list remap gives the same model, and its state dict (with ``quantize.used``) loads
     listed = VQModel(replace(cfg, remap=tuple(used)))
-    listed.load_taming_state_dict(model.state_dict())
+    load_taming_vq(listed, model.state_dict())
     assert VQConfig.from_dict(replace(cfg, remap=tuple(used)).to_dict()).remap == tuple(used)
     with pytest.raises(ValueError, match="FSQ has none"):
         replace(cfg, quantizer="fsq")

@@ -35,8 +35,9 @@ import torch
 from torch import Tensor
 
 from genmodels.checkpoints.io import CheckpointError, StateDict, load_state_dict
+from genmodels.checkpoints.strict import load_strict
 from genmodels.configs.vqgan import VQConfig
-from genmodels.models.gpt import GPT, gpt_config_from_state_dict
+from genmodels.models.gpt import GPT, GPTConfig
 from genmodels.models.vqgan import VQModel
 
 __all__ = [
@@ -46,6 +47,9 @@ __all__ = [
     "vq_config_from_taming_state_dict",
     "find_vq_prefix",
     "vqgan_from_taming_state_dict",
+    "load_taming_vq",
+    "load_taming_gpt",
+    "gpt_config_from_state_dict",
     "load_taming_vqgan",
     "gpt_from_taming_state_dict",
     "net2net_parts",
@@ -160,6 +164,66 @@ def find_vq_prefix(sd: Mapping[str, Tensor], source: str = "state dict") -> str:
     )
 
 
+def load_taming_vq(model: VQModel, state_dict: Mapping[str, Tensor], prefix: str = "") -> list[str]:
+    """Load a taming ``VQModel`` state dict into ``model`` strictly; returns the ignored
+    ``loss.*`` keys. ``prefix`` (e.g. "first_stage_model.") is stripped first; keys without it
+    are ignored."""
+    sd: dict[str, Tensor] = {}
+    ignored: list[str] = []
+    for key, value in state_dict.items():
+        if not key.startswith(prefix):
+            continue
+        name = key[len(prefix) :]
+        if name.startswith("loss."):
+            ignored.append(name)
+        else:
+            sd[name] = value
+    load_strict(model, sd, "taming VQModel state dict", prefix)
+    return ignored
+
+
+def load_taming_gpt(
+    gpt: GPT, state_dict: Mapping[str, Tensor], prefix: str = "transformer."
+) -> list[str]:
+    """Load taming's GPT weights into ``gpt`` strictly; returns the ignored keys.
+
+    ``prefix`` ("transformer." in a Net2NetTransformer checkpoint, "" for a bare GPT) is
+    stripped; keys without it belong to the other stages and are ignored."""
+    sd = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    if not sd:
+        raise ValueError(f"no GPT weights: no key starts with {prefix!r}")
+    load_strict(gpt, sd, "GPT state dict", prefix)
+    return [k for k in state_dict if not k.startswith(prefix)]
+
+
+def gpt_config_from_state_dict(
+    state_dict: Mapping[str, Tensor], n_head: int, prefix: str = "transformer.", **dropouts: float
+) -> GPTConfig:
+    """The :class:`GPTConfig` of taming GPT weights: vocab_size, n_embd (``tok_emb``),
+    block_size (``pos_emb``), n_layer (``blocks.N``) and n_unmasked (the mask buffer).
+
+    ``n_head`` is not recorded in the weights and must be given (taming's ImageNet
+    class-conditional transformer uses 16); ``dropouts`` are the ``*_pdrop`` fields.
+    """
+    sd = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    for key in ("tok_emb.weight", "pos_emb", "blocks.0.attn.mask"):
+        if key not in sd:
+            raise ValueError(f"not taming GPT weights: {prefix}{key} is missing")
+    vocab_size, n_embd = sd["tok_emb.weight"].shape
+    n_layer = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+    first_row = sd["blocks.0.attn.mask"].reshape(sd["pos_emb"].shape[1], -1)[0]
+    n_unmasked = int(first_row.sum()) if int(first_row.sum()) > 1 else 0
+    return GPTConfig(
+        vocab_size=int(vocab_size),
+        block_size=int(sd["pos_emb"].shape[1]),
+        n_layer=n_layer,
+        n_head=n_head,
+        n_embd=int(n_embd),
+        n_unmasked=n_unmasked,
+        **dropouts,
+    )
+
+
 def vqgan_from_taming_state_dict(
     sd: Mapping[str, Tensor],
     prefix: str,
@@ -174,7 +238,7 @@ def vqgan_from_taming_state_dict(
     kept = {k: v for k, v in sd.items() if k[len(prefix) :] not in _VISUAL_ONLY}
     model = VQModel(config)
     try:
-        model.load_taming_state_dict(kept, prefix=prefix)
+        load_taming_vq(model, kept, prefix=prefix)
     except ValueError as exc:
         where = f" (keys under {prefix!r})" if prefix else ""
         raise CheckpointError(f"{source}{where}: {exc}") from None
@@ -202,7 +266,7 @@ def gpt_from_taming_state_dict(
     """The ``transformer.*`` minGPT of a Net2NetTransformer state dict (eval mode, strict)."""
     try:
         gpt = GPT(gpt_config_from_state_dict(sd, n_head))
-        gpt.load_taming_state_dict(sd, prefix="transformer.")
+        load_taming_gpt(gpt, sd, prefix="transformer.")
     except ValueError as exc:
         raise CheckpointError(f"{source}: {exc}") from None
     return gpt.eval()

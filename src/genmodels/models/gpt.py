@@ -15,15 +15,12 @@ an SOS token (:func:`sos_prefix`), class token(s) (:func:`class_prefix`), or the
 another VQ-encoded image. :func:`teacher_forcing` builds the training logits and targets,
 with taming's ``pkeep`` corruption of the input codes (:func:`corrupt_tokens`).
 
-A taming ``Net2NetTransformer`` checkpoint keeps the GPT under ``transformer.``:
-:meth:`GPT.load_taming_state_dict` strips that prefix, ignores the other stages' keys
-(``first_stage_model.*``, ``cond_stage_model.*``, ``permuter.*``) and loads the rest strictly;
-:func:`gpt_config_from_state_dict` reads the sizes off the tensors (all but ``n_head``).
+A taming ``Net2NetTransformer`` checkpoint keeps the GPT under ``transformer.``; loading it is
+:mod:`genmodels.checkpoints.taming`'s job (``load_taming_gpt``, ``gpt_config_from_state_dict``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -42,7 +39,6 @@ __all__ = [
     "class_prefix",
     "teacher_forcing",
     "next_token_loss",
-    "gpt_config_from_state_dict",
 ]
 
 
@@ -218,64 +214,6 @@ class GPT(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
         return logits, loss
-
-    def load_taming_state_dict(
-        self, state_dict: Mapping[str, Tensor], prefix: str = "transformer."
-    ) -> list[str]:
-        """Load taming's GPT weights strictly; returns the ignored keys (without ``prefix``).
-
-        ``prefix`` ("transformer." in a Net2NetTransformer checkpoint, "" for a bare GPT) is
-        stripped; keys without it belong to the other stages and are ignored. Missing,
-        unexpected or mis-shaped keys raise a ValueError naming them.
-        """
-        sd = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
-        ignored = [k for k in state_dict if not k.startswith(prefix)]
-        if not sd:
-            raise ValueError(f"no GPT weights: no key starts with {prefix!r}")
-        own = self.state_dict()
-        missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
-        if missing or unexpected:
-            raise ValueError(
-                f"GPT state dict does not match this config: missing keys {missing[:8]}, "
-                f"unexpected keys {unexpected[:8]}"
-            )
-        bad = [k for k in sd if tuple(sd[k].shape) != tuple(own[k].shape)]
-        if bad:
-            k = bad[0]
-            raise ValueError(
-                f"shape mismatch for {prefix}{k}: checkpoint {tuple(sd[k].shape)}, model "
-                f"{tuple(own[k].shape)} ({len(bad)} mismatched keys)"
-            )
-        self.load_state_dict(sd, strict=True)
-        return ignored
-
-
-def gpt_config_from_state_dict(
-    state_dict: Mapping[str, Tensor], n_head: int, prefix: str = "transformer.", **dropouts: float
-) -> GPTConfig:
-    """The :class:`GPTConfig` of taming GPT weights: vocab_size, n_embd (``tok_emb``),
-    block_size (``pos_emb``), n_layer (``blocks.N``) and n_unmasked (the mask buffer).
-
-    ``n_head`` is not recorded in the weights and must be given (taming's ImageNet
-    class-conditional transformer uses 16); ``dropouts`` are the ``*_pdrop`` fields.
-    """
-    sd = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
-    for key in ("tok_emb.weight", "pos_emb", "blocks.0.attn.mask"):
-        if key not in sd:
-            raise ValueError(f"not taming GPT weights: {prefix}{key} is missing")
-    vocab_size, n_embd = sd["tok_emb.weight"].shape
-    n_layer = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
-    first_row = sd["blocks.0.attn.mask"].reshape(sd["pos_emb"].shape[1], -1)[0]
-    n_unmasked = int(first_row.sum()) if int(first_row.sum()) > 1 else 0
-    return GPTConfig(
-        vocab_size=int(vocab_size),
-        block_size=int(sd["pos_emb"].shape[1]),
-        n_layer=n_layer,
-        n_head=n_head,
-        n_embd=int(n_embd),
-        n_unmasked=n_unmasked,
-        **dropouts,
-    )
 
 
 def corrupt_tokens(

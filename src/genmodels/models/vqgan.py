@@ -4,8 +4,8 @@
 quantiser, with taming's parameter names: ``encoder.*``, ``decoder.*``, ``quant_conv``,
 ``post_quant_conv`` and ``quantize.embedding.weight`` (``quantize.embed.weight`` +
 ``quantize.proj`` for Gumbel). A taming checkpoint's ``state_dict`` loads with
-:meth:`VQModel.load_taming_state_dict` (its training-only ``loss.*`` keys are dropped, every
-other key must match).
+:func:`genmodels.checkpoints.taming.load_taming_vq` (its training-only ``loss.*`` keys are
+dropped, every other key must match).
 
     z_e = quant_conv(encoder(x))                 # (B, embed_dim, H/f, W/f)
     z_q, emb_loss, info = quantize(z_e)
@@ -17,7 +17,7 @@ indices (B, h, w) or (B, h*w) with ``shape=(B, h, w, C)``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -117,40 +117,6 @@ class VQModel(nn.Module):
     def get_last_layer(self) -> Tensor:
         """The decoder's last weight, where the adaptive GAN weight compares gradients."""
         return self.decoder.conv_out.weight
-
-    def load_taming_state_dict(
-        self, state_dict: Mapping[str, Tensor], prefix: str = ""
-    ) -> list[str]:
-        """Load a taming ``VQModel`` state dict strictly; returns the ignored ``loss.*`` keys.
-
-        ``prefix`` (e.g. "first_stage_model.") is stripped first; keys without it are ignored.
-        """
-        sd: dict[str, Tensor] = {}
-        ignored: list[str] = []
-        for key, value in state_dict.items():
-            if not key.startswith(prefix):
-                continue
-            name = key[len(prefix) :]
-            if name.startswith("loss."):
-                ignored.append(name)
-            else:
-                sd[name] = value
-        own = self.state_dict()
-        missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
-        if missing or unexpected:
-            raise ValueError(
-                f"taming VQModel state dict does not match this config: missing keys "
-                f"{missing[:8]}, unexpected keys {unexpected[:8]}"
-            )
-        bad = [k for k in sd if tuple(sd[k].shape) != tuple(own[k].shape)]
-        if bad:
-            k = bad[0]
-            raise ValueError(
-                f"shape mismatch for {k}: checkpoint {tuple(sd[k].shape)}, model "
-                f"{tuple(own[k].shape)} ({len(bad)} mismatched keys)"
-            )
-        self.load_state_dict(sd, strict=True)
-        return ignored
 
 
 @torch.no_grad()

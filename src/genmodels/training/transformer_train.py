@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from genmodels.checkpoints.strict import load_strict
 from genmodels.models.gpt import GPT, GPTConfig, class_prefix, next_token_loss, sos_prefix
 from genmodels.models.gpt_sampling import sample, sample_sliding_window
 from genmodels.models.permuters import make_permuter
@@ -424,7 +425,7 @@ def load_transformer(directory: str | Path) -> tuple[GPT, TransformerMeta]:
     meta = TransformerMeta.from_dict(json.loads(meta_path.read_text()))
     gpt = GPT(meta.gpt)
     try:
-        gpt.load_taming_state_dict(load_file(str(weights_path)), prefix="")
+        load_strict(gpt, load_file(str(weights_path)), "GPT state dict")
     except ValueError as exc:
         raise ValueError(f"{weights_path}: {exc}") from None
     return gpt.eval(), meta

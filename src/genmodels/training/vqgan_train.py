@@ -33,6 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from genmodels.checkpoints.strict import load_strict
 from genmodels.configs.vqgan import VQConfig
 from genmodels.models.quantize_gumbel import (
     GumbelQuantize,
@@ -264,7 +265,7 @@ def load_vqgan(directory: str | Path, name: str = "vqgan") -> VQModel:
     cfg = VQConfig.from_dict(json.loads(cfg_path.read_text())["config"])
     model = VQModel(cfg)
     try:
-        model.load_taming_state_dict(load_file(str(weights_path)))
+        load_strict(model, load_file(str(weights_path)), "VQModel state dict")
     except ValueError as exc:
         raise ValueError(f"{weights_path}: {exc}") from None
     return model.eval()
