@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from genmodels.training.config import EMAConfig, OptimConfig
+from genmodels.training.config import EMAConfig, LambdaCycle, OptimConfig, load_config
 from genmodels.training.ema import EMA, ema_decay, ema_update
 from genmodels.training.lr_schedules import lr_lambda, make_scheduler
 from tests._refs import k_diffusion
@@ -112,6 +112,37 @@ def test_lambda_linear_matches_ldm_formula():
     f = lr_lambda(cfg, 50)
     for n in range(51):
         assert f(n) == pytest.approx(ldm(n), rel=1e-12)
+
+
+def test_lambda_linear_cycles_match_ldm():
+    """Two cycles against ldm's LambdaLinearScheduler, written out from its definition: step n
+    belongs to the first cycle with cumsum(cycle_lengths) >= n (find_in_interval's ``n <= cl``),
+    then the one-cycle formula at n minus the cycle's start."""
+    warm, length = [3, 2], [10, 8]
+    f_start, f_max, f_min = [0.1, 0.3], [1.0, 0.8], [0.5, 0.2]
+    cum = [0, 10, 18]
+
+    def ldm(n: int) -> float:
+        cycle = next(i for i, end in enumerate(cum[1:]) if n <= end)
+        m = n - cum[cycle]
+        if m < warm[cycle]:
+            return (f_max[cycle] - f_start[cycle]) / warm[cycle] * m + f_start[cycle]
+        return f_min[cycle] + (f_max[cycle] - f_min[cycle]) * (length[cycle] - m) / length[cycle]
+
+    cycles = tuple(LambdaCycle(*args) for args in zip(warm, length, f_start, f_max, f_min))
+    cfg = OptimConfig(schedule="lambda_linear", lambda_cycles=cycles)
+    f = lr_lambda(cfg, 18)
+    assert [f(n) for n in range(19)] == pytest.approx([ldm(n) for n in range(19)], rel=1e-12)
+    with pytest.raises(ValueError, match="sum of lambda_cycles' lengths=18 is shorter"):
+        lr_lambda(cfg, 19)
+    bad = OptimConfig(schedule="lambda_linear", lambda_cycles=(LambdaCycle(1, 0),))
+    with pytest.raises(ValueError, match=r"optim.lambda_cycles\[0\]: need cycle_length > 0"):
+        lr_lambda(bad, 1)
+    # from YAML: a list of mappings, keys checked
+    loaded = load_config(None, ["optim.lambda_cycles=[{warmup_steps: 3, cycle_length: 10}]"])
+    assert loaded.optim.lambda_cycles == (LambdaCycle(3, 10),)
+    with pytest.raises(ValueError, match=r"optim.lambda_cycles\[0\].cycle_lenght: unknown key"):
+        load_config(None, ["optim.lambda_cycles=[{warmup_steps: 3, cycle_lenght: 10}]"])
 
 
 def test_scheduler_drives_optimizer():

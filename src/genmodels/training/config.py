@@ -35,6 +35,7 @@ from .config_io import (
 
 __all__ = [
     "DataConfig",
+    "LambdaCycle",
     "EMAConfig",
     "LatentConfig",
     "ObjectiveConfig",
@@ -96,6 +97,17 @@ class ObjectiveConfig:
 
 
 @dataclass
+class LambdaCycle:
+    """One cycle of ldm's ``LambdaLinearScheduler`` (an entry of its per-cycle lists)."""
+
+    warmup_steps: int
+    cycle_length: int
+    f_start: float = 1e-6
+    f_max: float = 1.0
+    f_min: float = 1.0
+
+
+@dataclass
 class OptimConfig:
     """AdamW and the LR schedule (``constant``, ``cosine`` with warm-up, LDM ``lambda_linear``).
 
@@ -118,6 +130,9 @@ class OptimConfig:
     f_max: float = 1.0
     f_min: float = 1.0
     cycle_length: int = 10_000_000_000_000
+    # several LambdaLinear cycles, ldm's lists (warm_up_steps, cycle_lengths, f_start, f_max,
+    # f_min) one entry per cycle; empty: the one cycle above
+    lambda_cycles: tuple[LambdaCycle, ...] = ()
 
 
 @dataclass
