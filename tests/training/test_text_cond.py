@@ -55,6 +55,25 @@ def _text_cfg(tmp_path, **kw):
     return tiny_config(tmp_path / "run", **fields)
 
 
+def _assert_fixed_batch_loss_drops(trainer: Trainer, data: ImageTensorDataset) -> None:
+    """15 steps of the trainer's model + optimiser on one fixed batch and draw cut the loss
+    below 0.7x its start."""
+    draws = trainer.objective.draw(16, (1, 8, 8), torch.Generator().manual_seed(1))
+    context = trainer.text.batch(data.captions, draws.drop)
+
+    def loss() -> torch.Tensor:
+        return trainer.objective.loss(data.images, None, draws, context).mean()
+
+    with torch.no_grad():
+        before = float(loss())
+    for _ in range(15):
+        trainer.optimizer.zero_grad()
+        loss().backward()
+        trainer.optimizer.step()
+    with torch.no_grad():
+        assert float(loss()) < 0.7 * before
+
+
 def test_caption_cache_and_empty_prompt_dropout(encoder):
     emb = CaptionEmbeddings(encoder)
     assert len(emb) == 1 and emb.empty.shape == (77, 32) and emb.context_dim == 32
@@ -91,20 +110,7 @@ def test_text_steps_reduce_loss_on_fixed_batch(tmp_path, encoder):
     data = _captioned_digits(16)
     trainer = Trainer(_text_cfg(tmp_path), dataset=data, text_encoder=encoder)
     assert len(trainer.text) == 11  # the empty prompt + 10 distinct captions, encoded once
-    draws = trainer.objective.draw(16, (1, 8, 8), torch.Generator().manual_seed(1))
-    context = trainer.text.batch(data.captions, draws.drop)
-
-    def loss() -> torch.Tensor:
-        return trainer.objective.loss(data.images, None, draws, context).mean()
-
-    with torch.no_grad():
-        before = float(loss())
-    for _ in range(15):  # the trainer's model + optimiser on one fixed batch and draw
-        trainer.optimizer.zero_grad()
-        loss().backward()
-        trainer.optimizer.step()
-    with torch.no_grad():
-        assert float(loss()) < 0.7 * before
+    _assert_fixed_batch_loss_drops(trainer, data)
     grid = trainer.save_samples(tmp_path / "grid.png", per_class=1)
     assert grid is not None and grid.is_file()
 
@@ -193,20 +199,7 @@ def test_minilm_text_steps_reduce_loss_on_fixed_batch(tmp_path, minilm):
     )
     trainer = Trainer(cfg, dataset=data, text_encoder=minilm)
     assert len(trainer.text) == 11 and trainer.text.empty.shape == (32, 384)
-    draws = trainer.objective.draw(16, (1, 8, 8), torch.Generator().manual_seed(1))
-    context = trainer.text.batch(data.captions, draws.drop)
-
-    def loss() -> torch.Tensor:
-        return trainer.objective.loss(data.images, None, draws, context).mean()
-
-    with torch.no_grad():
-        before = float(loss())
-    for _ in range(15):
-        trainer.optimizer.zero_grad()
-        loss().backward()
-        trainer.optimizer.step()
-    with torch.no_grad():
-        assert float(loss()) < 0.7 * before
+    _assert_fixed_batch_loss_drops(trainer, data)
     trainer.train_step()  # the loop itself, with CFG dropout to the empty prompt
     grid = trainer.save_samples(tmp_path / "grid.png", per_class=1)
     assert grid is not None and grid.is_file()

@@ -56,7 +56,7 @@ from .autoencoder_train import (
     save_autoencoder_kl,
     train_autoencoder_kl,
 )
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import resume_from, save_checkpoint
 from .config import apply_overrides, config_from_dict, config_to_dict, merge_dicts, read_yaml
 from .images import save_grid
 from .latents import VAE_FILE
@@ -196,11 +196,8 @@ def run_autoencoder(
     model = AutoencoderKL(cfg.model).to(device)
     grid, steps = images[: cfg.grid_images], cfg.train.steps
     printer = log or stage_printer(TASK)
-    found = latest_checkpoint(out / "checkpoints") if resume else None
-    state = load_checkpoint(found, model) if found is not None else None
-    if state is not None:
-        print(f"{TASK}: resumed at step {state['step']} from {found}", flush=True)
-    else:
+    state = resume_from(out / "checkpoints", model, resume, TASK)
+    if state is None:
         (out / "log.csv").unlink(missing_ok=True)  # a fresh run: no rows of an earlier one
     start = 0 if state is None else int(state["step"])
     logger = RunLogger(out, steps, start, bar=False, fields=LOG_FIELDS)

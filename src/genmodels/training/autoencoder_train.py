@@ -32,7 +32,7 @@ from torch import Tensor
 from genmodels.models.autoencoder_kl import AutoencoderKL
 
 from .atomic import write_atomic
-from .checkpoint import capture_rng, restore_rng
+from .checkpoint import capture_loop, restore_loop
 from .config import LatentConfig
 from .latents import load_frozen_vae
 from .vqgan_loss import VQGANLoss, VQGANLossConfig
@@ -109,19 +109,12 @@ def train_autoencoder_kl(
     )
     gen = torch.Generator().manual_seed(cfg.seed)
     start = 0
+    stateful = {"loss": loss_fn, "opt_ae": opt_ae, "opt_d": opt_d}
     if resume is not None:
-        loss_fn.load_state_dict(resume["loss"])
-        opt_ae.load_state_dict(resume["opt_ae"])
-        opt_d.load_state_dict(resume["opt_d"])
-        gen.set_state(resume["generator"])
-        restore_rng(resume["rng"])
-        start = int(resume["step"])
+        start = restore_loop(resume, gen, **stateful)
 
     def state() -> dict[str, Any]:
-        return {
-            "step": step + 1, "loss": loss_fn.state_dict(), "opt_ae": opt_ae.state_dict(),
-            "opt_d": opt_d.state_dict(), "generator": gen.get_state(), "rng": capture_rng(),
-        }  # fmt: skip
+        return capture_loop(step + 1, gen, **stateful)
 
     pixels = images[0].numel()  # C * H * W
     sums: dict[str, float] = {}

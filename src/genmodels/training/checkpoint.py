@@ -26,7 +26,16 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-__all__ = ["capture_rng", "latest_checkpoint", "load_checkpoint", "restore_rng", "save_checkpoint"]
+__all__ = [
+    "capture_loop",
+    "capture_rng",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "restore_loop",
+    "restore_rng",
+    "resume_from",
+    "save_checkpoint",
+]
 
 _NAME = re.compile(r"^step-(\d+)$")
 
@@ -48,6 +57,22 @@ def restore_rng(state: dict[str, Any]) -> None:
     np.random.set_state(state["numpy"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def capture_loop(step: int, generator: torch.Generator, **stateful: Any) -> dict[str, Any]:
+    """The state a training loop resumes from: ``step``, its batch ``generator``, the global
+    RNG and the ``state_dict()`` of each named optimiser / module (``opt_d=...``)."""
+    state = {"step": step, "generator": generator.get_state(), "rng": capture_rng()}
+    return state | {name: obj.state_dict() for name, obj in stateful.items()}
+
+
+def restore_loop(state: dict[str, Any], generator: torch.Generator, **stateful: Any) -> int:
+    """Undo :func:`capture_loop` into ``generator``, the RNG and ``stateful``; returns the step."""
+    for name, obj in stateful.items():
+        obj.load_state_dict(state[name])
+    generator.set_state(state["generator"])
+    restore_rng(state["rng"])
+    return int(state["step"])
 
 
 def _fsync(path: Path) -> None:
@@ -129,3 +154,14 @@ def load_checkpoint(
             raise ValueError(f"{path}: EMA is enabled but ema.safetensors is missing")
         ema.load_state_dict(load_file(ema_file), strict=True)
     return torch.load(path / "state.pt", weights_only=False)
+
+
+def resume_from(root: str | Path, model: nn.Module, resume: bool, stage: str) -> dict | None:
+    """The loop state of the newest checkpoint under ``root`` (weights loaded into ``model``),
+    or None (no ``resume``, or no checkpoint: a fresh run)."""
+    found = latest_checkpoint(root) if resume else None
+    if found is None:
+        return None
+    state = load_checkpoint(found, model)
+    print(f"{stage}: resumed at step {state['step']} from {found}", flush=True)
+    return state

@@ -47,7 +47,7 @@ from genmodels.models.gpt_sampling import sample, sample_sliding_window
 from genmodels.models.permuters import make_permuter
 from genmodels.models.vqgan import VQModel
 from genmodels.training.atomic import write_atomic
-from genmodels.training.checkpoint import capture_rng, restore_rng
+from genmodels.training.checkpoint import capture_loop, restore_loop
 from genmodels.training.vqgan_train import load_vqgan
 
 __all__ = [
@@ -287,17 +287,13 @@ def train_transformer(
     records: list[dict[str, float]] = []
     total, count, start = 0.0, 0, 0  # loss sum and steps of the open log window
     if resume is not None:
-        opt.load_state_dict(resume["opt"])
-        gen.set_state(resume["generator"])
-        restore_rng(resume["rng"])
+        start = restore_loop(resume, gen, opt=opt)
         total, count = float(resume["total"]), int(resume["count"])
-        records, start = list(resume["records"]), int(resume["step"])
+        records = list(resume["records"])
 
     def state() -> dict[str, Any]:
-        return {
-            "step": step + 1, "opt": opt.state_dict(), "generator": gen.get_state(),
-            "rng": capture_rng(), "total": total, "count": count, "records": list(records),
-        }  # fmt: skip
+        window = {"total": total, "count": count, "records": list(records)}
+        return capture_loop(step + 1, gen, opt=opt) | window
 
     t0 = time.perf_counter()
     for step in range(start, cfg.steps):

@@ -40,7 +40,7 @@ from genmodels.data.builtin import build_dataset
 from genmodels.models.gpt import GPT, GPTConfig
 from genmodels.models.permuters import PERMUTERS
 from genmodels.models.vqgan import VQModel
-from genmodels.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from genmodels.training.checkpoint import resume_from, save_checkpoint
 from genmodels.training.config import (
     apply_overrides,
     config_from_dict,
@@ -285,17 +285,6 @@ def stage_printer(stage: str) -> Callable[[int, dict[str, float]], None]:
     return log
 
 
-def _resume_state(root: Path, model: torch.nn.Module, resume: bool, stage: str) -> dict | None:
-    """The loop state of the newest checkpoint under ``root`` (weights loaded into ``model``),
-    or None (no ``resume``, or no checkpoint: a fresh run)."""
-    found = latest_checkpoint(root) if resume else None
-    if found is None:
-        return None
-    state = load_checkpoint(found, model)
-    print(f"{stage}: resumed at step {state['step']} from {found}", flush=True)
-    return state
-
-
 def _checkpointer(
     root: Path, cfg: RunConfig, model: torch.nn.Module
 ) -> Callable[[int, Callable[[], dict[str, Any]]], None]:
@@ -324,7 +313,7 @@ def run_vqgan(cfg: VQGANRunConfig, log: Callable | None = None, resume: bool = F
     model = VQModel(cfg.model).to(device)
     out = Path(cfg.out_dir)
     root = out / VQGAN_CKPT_DIR
-    state = _resume_state(root, model, resume, "vqgan")
+    state = resume_from(root, model, resume, "vqgan")
     printer, on_step = log or stage_printer("vqgan"), _checkpointer(root, cfg, model)
     records = train_vqgan(model, images, cfg.train, None, printer, on_step, state)
     psnr, counts = reconstruct_psnr(model, images.to(device))
@@ -386,7 +375,7 @@ def run_transformer(
     src = Path(cfg.vqgan_dir)
     out = Path(cfg.out_dir) if cfg.out_dir is not None else src
     root = out / TRANSFORMER_CKPT_DIR
-    state = _resume_state(root, gpt, resume, "transformer")
+    state = resume_from(root, gpt, resume, "transformer")
     train_labels = labels if cfg.n_classes > 0 else None
     printer, on_step = log or stage_printer("transformer"), _checkpointer(root, cfg, gpt)
     records = train_transformer(

@@ -42,7 +42,7 @@ from genmodels.models.quantize_gumbel import (
 )
 from genmodels.models.vqgan import VQModel
 from genmodels.training.atomic import write_atomic
-from genmodels.training.checkpoint import capture_rng, restore_rng
+from genmodels.training.checkpoint import capture_loop, restore_loop
 from genmodels.training.vqgan_loss import VQGANLoss, VQGANLossConfig
 
 __all__ = [
@@ -157,23 +157,16 @@ def train_vqgan(
     count = 0  # steps summed in ``sums`` / ``counts`` since the last logged record
     records: list[dict[str, float]] = []
     start = 0
+    stateful = {"loss": loss_fn, "opt_ae": opt_ae, "opt_d": opt_d}
     if resume is not None:
-        loss_fn.load_state_dict(resume["loss"])
-        opt_ae.load_state_dict(resume["opt_ae"])
-        opt_d.load_state_dict(resume["opt_d"])
-        gen.set_state(resume["generator"])
-        restore_rng(resume["rng"])
+        start = restore_loop(resume, gen, **stateful)
         counts.copy_(resume["counts"])
         sums, count = dict(resume["sums"]), int(resume["count"])
-        records, start = list(resume["records"]), int(resume["step"])
+        records = list(resume["records"])
 
     def state() -> dict[str, Any]:
-        return {
-            "step": step + 1, "loss": loss_fn.state_dict(), "opt_ae": opt_ae.state_dict(),
-            "opt_d": opt_d.state_dict(), "generator": gen.get_state(), "rng": capture_rng(),
-            "counts": counts.clone(), "sums": dict(sums), "count": count,
-            "records": list(records),
-        }  # fmt: skip
+        window = {"counts": counts.clone(), "sums": dict(sums), "count": count}
+        return capture_loop(step + 1, gen, **stateful) | window | {"records": list(records)}
 
     t0 = time.perf_counter()
     for step in range(start, cfg.steps):
