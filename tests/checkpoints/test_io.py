@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from genmodels.checkpoints.atomic import write_atomic
 from genmodels.checkpoints.io import (
     CheckpointError,
-    atomic_write,
     load_state_dict,
     read_metadata,
     save_state_dict,
@@ -139,11 +139,11 @@ def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
     save_state_dict(TENSORS, path)
     before = path.read_bytes()
 
-    def crash(tmp: str) -> None:  # dies half-way through writing
+    def crash(tmp: Path) -> None:  # dies half-way through writing
         Path(tmp).write_bytes(b"partial")
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        atomic_write(path, crash)
+        write_atomic(path, crash)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]

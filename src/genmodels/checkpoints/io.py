@@ -19,7 +19,6 @@ import json
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
@@ -29,6 +28,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
+
+from .atomic import write_atomic
 
 StateDict = dict[str, Tensor]
 
@@ -240,20 +241,6 @@ def _tensor_dict(obj: object, path: Path) -> StateDict:
     return out
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` then move the finished file onto ``path`` (same folder)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_state_dict(
     state_dict: Mapping[str, Tensor],
     path: str | os.PathLike,
@@ -262,18 +249,20 @@ def save_state_dict(
     """Write tensors as safetensors atomically (non-contiguous ones are made contiguous)."""
     tensors = {k: v.detach().contiguous() for k, v in state_dict.items()}
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta or None))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta or None))
 
 
 def write_json(path: str | os.PathLike, data: object) -> None:
     """Atomically write ``data`` as indented JSON."""
 
-    def write(tmp: str) -> None:
+    def write(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=2, sort_keys=True)
             f.write("\n")
 
-    atomic_write(path, write)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, write)
 
 
 def read_json(path: str | os.PathLike) -> dict:

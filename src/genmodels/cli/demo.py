@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
+from genmodels.checkpoints.atomic import write_atomic
 from genmodels.configs.train import get_train_config
-from genmodels.training.atomic import write_atomic
 from genmodels.training.config import load_config
 from genmodels.training.images import save_grid
 from genmodels.training.sampling import sample_labels

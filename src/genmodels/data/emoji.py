@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from genmodels.checkpoints.atomic import write_atomic
+
 from .tensor_dataset import ImageTensorDataset
 
 __all__ = [
@@ -150,9 +152,13 @@ def load_emoji_dataset(
         captions = [name for _, name, _ in kept]
         labels = np.array([group for _, _, group in kept], dtype=np.int64)
         cache.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".tmp{os.getpid()}.npz")
-        np.savez(tmp, images=images, captions=np.array(captions), labels=labels)
-        os.replace(tmp, cache_file)
+        arrays = dict(images=images, captions=np.array(captions), labels=labels)
+
+        def write(tmp: Path) -> None:
+            with tmp.open("wb") as f:
+                np.savez(f, **arrays)
+
+        write_atomic(cache_file, write)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
     groups = [name for name, _ in emoji_groups()]
     return ImageTensorDataset(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,6 +11,8 @@ import numpy as np
 import torch
 from PIL import Image, PngImagePlugin
 from torch import Tensor
+
+from genmodels.checkpoints.atomic import write_atomic
 
 __all__ = ["image_grid", "load_image", "pil_to_tensor", "save_png", "tensor_to_pil"]
 
@@ -67,12 +68,5 @@ def save_png(image: Image.Image, path: str | os.PathLike, parameters: str | None
     if parameters is not None:
         info = PngImagePlugin.PngInfo()
         info.add_text("parameters", parameters)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG", pnginfo=info)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
     return path

@@ -45,10 +45,10 @@ import torch
 import yaml
 from torch import Tensor
 
+from genmodels.checkpoints.atomic import write_atomic
 from genmodels.configs.autoencoder import DIGITS, AutoencoderConfig, get_autoencoder_config
 from genmodels.models.autoencoder_kl import AutoencoderKL
 
-from .atomic import write_atomic
 from .autoencoder_train import (
     AutoencoderTrainConfig,
     latent_scale_factor,

@@ -29,9 +29,9 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
+from genmodels.checkpoints.atomic import write_atomic
 from genmodels.models.autoencoder_kl import AutoencoderKL
 
-from .atomic import write_atomic
 from .checkpoint import capture_loop, restore_loop
 from .config import LatentConfig
 from .latents import load_frozen_vae

@@ -19,11 +19,11 @@ from typing import Any, Literal
 
 import yaml
 
+from genmodels.checkpoints.atomic import write_atomic
 from genmodels.configs.bert import MINILM_CONTEXT_LENGTH
 from genmodels.configs.text import CONTEXT_LENGTH as CLIP_CONTEXT_LENGTH
 from genmodels.configs.unet import UNET_PRESETS, UNetConfig
 
-from .atomic import write_atomic
 from .config_io import (
     apply_overrides,
     config_from_dict,

@@ -18,12 +18,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from genmodels.checkpoints.atomic import write_atomic
 from genmodels.checkpoints.io import load_state_dict, read_metadata
 from genmodels.configs.autoencoder import AutoencoderConfig, get_autoencoder_config
 from genmodels.data.tensor_dataset import ImageTensorDataset
 from genmodels.models.autoencoder_kl import AutoencoderKL
 
-from .atomic import write_atomic
 from .config import LatentConfig
 
 __all__ = ["VAE_FILE", "LatentDataset", "build_latent_dataset", "encode_images", "load_frozen_vae"]

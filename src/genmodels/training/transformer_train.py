@@ -41,12 +41,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from genmodels.checkpoints.atomic import write_atomic
 from genmodels.checkpoints.strict import load_strict
 from genmodels.models.gpt import GPT, GPTConfig, class_prefix, next_token_loss, sos_prefix
 from genmodels.models.gpt_sampling import sample, sample_sliding_window
 from genmodels.models.permuters import make_permuter
 from genmodels.models.vqgan import VQModel
-from genmodels.training.atomic import write_atomic
 from genmodels.training.checkpoint import capture_loop, restore_loop
 from genmodels.training.vqgan_train import load_vqgan
 

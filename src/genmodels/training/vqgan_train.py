@@ -33,6 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from genmodels.checkpoints.atomic import write_atomic
 from genmodels.checkpoints.strict import load_strict
 from genmodels.configs.vqgan import VQConfig
 from genmodels.models.quantize_gumbel import (
@@ -41,7 +42,6 @@ from genmodels.models.quantize_gumbel import (
     exponential_temperature,
 )
 from genmodels.models.vqgan import VQModel
-from genmodels.training.atomic import write_atomic
 from genmodels.training.checkpoint import capture_loop, restore_loop
 from genmodels.training.vqgan_loss import VQGANLoss, VQGANLossConfig
 
