@@ -16,11 +16,10 @@ from pathlib import Path
 import torch
 
 from genmodels.checkpoints.atomic import write_atomic
-from genmodels.configs.train import get_train_config
-from genmodels.training.config import load_config
+from genmodels.pipelines.trained import sample_labels
+from genmodels.training.diffusion import Trainer
 from genmodels.training.images import save_grid
-from genmodels.training.sampling import sample_labels
-from genmodels.training.trainer import Trainer
+from genmodels.training.tasks import build_config
 
 __all__ = ["register", "run"]
 
@@ -50,11 +49,11 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"sample_steps={args.sample_steps}")
     if args.guidance is not None:
         overrides.append(f"guidance_scale={args.guidance}")
-    cfg = load_config(None, overrides, base=get_train_config("digits-demo"))
     if args.per_class < 1:
         raise ValueError(f"--per-class must be >= 1, got {args.per_class}")
+    cfg = build_config("diffusion", None, overrides, preset="digits-demo")
 
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, overwrite=True)  # a demo re-run replaces its own folder
     trainer.fit()
     t_train = time.perf_counter() - t0
 

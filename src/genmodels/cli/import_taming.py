@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from genmodels.training.taming_import import import_taming
+    from genmodels.checkpoints.taming_import import import_taming
 
     done = import_taming(
         args.src,

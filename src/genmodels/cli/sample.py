@@ -21,8 +21,7 @@ from PIL import Image
 
 from genmodels.diffusion.samplers.registry import resolve_sampler
 from genmodels.pipelines.images import image_grid, save_png, tensor_to_pil
-from genmodels.training.run_loading import TrainedRun, load_run
-from genmodels.training.sampling import sample_cond
+from genmodels.pipelines.trained import TrainedRun, load_run, sample_cond
 
 __all__ = ["register", "run"]
 

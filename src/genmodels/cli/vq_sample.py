@@ -1,8 +1,8 @@
 """``genmodels vq-sample``: images from a VQGAN + GPT checkpoint directory.
 
 The directory holds ``vqgan.safetensors`` / ``vqgan.json`` and ``transformer.safetensors`` /
-``transformer.json`` (written by ``genmodels.training.vqgan_train.save_vqgan`` and
-``genmodels.training.transformer_train.save_transformer``), e.g. by
+``transformer.json`` (written by ``genmodels.checkpoints.runs.save_vqgan`` and
+``genmodels.checkpoints.runs.save_transformer``), e.g. by
 ``genmodels train --preset vqgan-digits`` then ``--preset transformer-digits``. Image i is
 sampled with seed ``seed + i``, so ``--n 4 --seed 10`` gives the same images as four runs with
 seeds 10..13. An image-conditional model (``cond_image: lowres`` / ``edges``) takes the image
@@ -22,9 +22,9 @@ import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from genmodels.checkpoints.runs import load_transformer, load_vqgan
 from genmodels.data.transforms import load_rgb, transform_image
-from genmodels.training.transformer_train import load_cond_stage, load_transformer, sample_images
-from genmodels.training.vqgan_train import load_vqgan
+from genmodels.pipelines.vq_transformer import load_cond_stage, sample_images
 
 
 def register(sub: argparse._SubParsersAction) -> None:

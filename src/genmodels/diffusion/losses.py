@@ -49,18 +49,48 @@ class DiffusionLoss:
     offset_noise: float = 0.0  # Guttenberg 2023: add offset * N(0, 1) per (sample, channel)
     generator: torch.Generator | None = None
 
+    def draw(
+        self,
+        n: int,
+        shape: tuple[int, ...],
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """The randomness of ``n`` samples of ``shape``: sigma (n,) and noise (n, *shape), offset
+        noise included; from ``generator`` (default: this loss's own)."""
+        gen = generator if generator is not None else self.generator
+        device = torch.device(device)
+        like = torch.empty((), device=device, dtype=dtype)
+        sigma = self.sigma_sampler(n, device, gen)
+        noise = _randn((n, *shape), like, gen)
+        if self.offset_noise:
+            offset = _randn((n, shape[0]) + (1,) * (len(shape) - 1), like, gen)
+            noise = noise + self.offset_noise * offset
+        return sigma, noise
+
     def __call__(
-        self, denoiser: Callable[..., Tensor], x0: Tensor, cond: Mapping[str, Any] | None = None
+        self,
+        denoiser: Callable[..., Tensor],
+        x0: Tensor,
+        cond: Mapping[str, Any] | None = None,
+        *,
+        sigma: Tensor | None = None,
+        noise: Tensor | None = None,
     ) -> Tensor:
+        """Per-sample loss (B,); ``sigma`` / ``noise`` drawn here unless given (a trainer that
+        draws a whole global batch at once, see ``draw``, passes each rank its rows)."""
         if x0.ndim < 2:
             raise ValueError(f"x0 must be batched (B, ...), got shape {tuple(x0.shape)}")
         b = x0.shape[0]
-        sigma = self.sigma_sampler(b, x0.device, self.generator)
-        noise = _randn(x0.shape, x0, self.generator)
-        if self.offset_noise:
-            noise = noise + self.offset_noise * _randn(
-                (*x0.shape[:2],) + (1,) * (x0.ndim - 2), x0, self.generator
+        if sigma is None or noise is None:
+            sigma, noise = self.draw(b, tuple(x0.shape[1:]), x0.device, x0.dtype)
+        if sigma.shape != (b,) or noise.shape != x0.shape:
+            raise ValueError(
+                f"sigma {tuple(sigma.shape)} / noise {tuple(noise.shape)} do not match x0 "
+                f"of shape {tuple(x0.shape)}"
             )
+        sigma, noise = sigma.to(x0.device), noise.to(x0)
         x = x0 + append_dims(sigma, x0.ndim).to(x0.dtype) * noise
         denoised = denoiser(x, sigma, **(cond or {}))
         err = (denoised.float() - x0.float()) ** 2

@@ -14,7 +14,15 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["DistInfo", "all_reduce_mean", "init_distributed", "shutdown", "wrap_model"]
+__all__ = [
+    "DistInfo",
+    "all_reduce_mean",
+    "average_gradients",
+    "broadcast_buffers",
+    "init_distributed",
+    "shutdown",
+    "wrap_model",
+]
 
 
 @dataclass(frozen=True)
@@ -73,3 +81,28 @@ def all_reduce_mean(value: Tensor, info: DistInfo) -> Tensor:
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def average_gradients(params: list[nn.Parameter], info: DistInfo) -> None:
+    """Average the gradients of ``params`` over ranks in one all-reduce (what DDP does), for
+    loops whose models DDP cannot wrap (a GAN's discriminator, called several times a step)."""
+    if info.world_size == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= info.world_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def broadcast_buffers(module: nn.Module, info: DistInfo) -> None:
+    """Rank 0's buffers (e.g. a codebook's EMA statistics) to every rank, as DDP does."""
+    if info.world_size == 1:
+        return
+    for b in module.buffers():
+        dist.broadcast(b, 0)

@@ -8,9 +8,7 @@ diffusion cheap on a CPU. Samples are decoded with ``AutoencoderKL.decode_latent
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,56 +17,11 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from genmodels.checkpoints.atomic import write_atomic
-from genmodels.checkpoints.io import load_state_dict, read_metadata
-from genmodels.configs.autoencoder import AutoencoderConfig, get_autoencoder_config
+from genmodels.configs.conditioning import LatentConfig
 from genmodels.data.tensor_dataset import ImageTensorDataset
 from genmodels.models.autoencoder_kl import AutoencoderKL
 
-from .config import LatentConfig
-
-__all__ = ["VAE_FILE", "LatentDataset", "build_latent_dataset", "encode_images", "load_frozen_vae"]
-
-_LDM_PREFIX = "first_stage_model."
-VAE_FILE = "vae.safetensors"  # the autoencoder in a directory given as latent.vae_path
-
-
-def load_frozen_vae(cfg: LatentConfig, device: torch.device | str = "cpu") -> AutoencoderKL:
-    """``AutoencoderKL`` with the weights of ``cfg.vae_path``, frozen.
-
-    ``vae_path`` is a file, or a directory holding ``vae.safetensors`` (what ``genmodels train``
-    with ``task: autoencoder`` writes to its ``out_dir``). Its config: the one stored in the file
-    by ``save_autoencoder_kl``, else ``cfg.vae_preset``.
-
-    An ldm / SD checkpoint is accepted: its ``first_stage_model.*`` keys are taken (prefix
-    stripped) and loaded with ``strict=True``.
-    """
-    if cfg.vae_path is None:
-        raise ValueError("latent.enabled needs latent.vae_path (a trained AutoencoderKL)")
-    path = Path(cfg.vae_path)
-    if path.is_dir():  # the out_dir of ``genmodels train`` with ``task: autoencoder``
-        path = path / VAE_FILE
-    if not path.is_file():
-        raise ValueError(
-            f"latent.vae_path: {path} does not exist (train one with `genmodels train "
-            "--preset autoencoder-digits` or `task: autoencoder`)"
-        )
-    overrides = {} if cfg.vae_scale_factor is None else {"scale_factor": cfg.vae_scale_factor}
-    meta = read_metadata(path)
-    if "autoencoder_config" in meta:  # written by save_autoencoder_kl: its own config
-        config = AutoencoderConfig(**json.loads(meta["autoencoder_config"]))
-        vae = AutoencoderKL(replace(config, **overrides))
-    else:
-        vae = AutoencoderKL(get_autoencoder_config(cfg.vae_preset, **overrides))
-    sd = load_state_dict(path)
-    if any(k.startswith(_LDM_PREFIX) for k in sd):
-        sd = {k[len(_LDM_PREFIX) :]: v for k, v in sd.items() if k.startswith(_LDM_PREFIX)}
-    try:
-        vae.load_state_dict(sd, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(
-            f"{path}: does not fit latent.vae_preset={cfg.vae_preset!r}: {exc}"
-        ) from exc
-    return vae.to(device).eval().requires_grad_(False)
+__all__ = ["LatentDataset", "build_latent_dataset", "encode_images"]
 
 
 @torch.no_grad()

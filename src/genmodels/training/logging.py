@@ -40,7 +40,9 @@ def _trim_csv(path: Path, start: int) -> list[str]:
 class RunLogger:
     """Writes ``<out_dir>/log.csv``, a tqdm bar and TensorBoard scalars (``<out_dir>/tensorboard``).
 
-    ``fields``: the CSV columns of a new file (the diffusion trainer's ``FIELDS`` by default).
+    ``fields``: the CSV columns of a new file (the diffusion trainer's ``FIELDS`` by default);
+    ``name``: the CSV's stem (``<name>.csv``; a task sharing a folder uses its own, whose
+    TensorBoard events go to ``tensorboard/<name>``).
 
     A resumed run (``start`` > 0) continues the CSV after dropping the rows past ``start``, so
     the file holds each step once. Inactive (all no-ops) on ranks other than 0.
@@ -54,8 +56,10 @@ class RunLogger:
         active: bool = True,
         bar: bool = True,
         fields: Sequence[str] = FIELDS,
+        name: str = "log",
     ) -> None:
         self.active = active
+        self.name = name
         self.bar = None
         self.writer: EventWriter | None = None
         self._file = None
@@ -63,7 +67,7 @@ class RunLogger:
             return
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        path = out / "log.csv"
+        path = out / f"{name}.csv"
         existing = _trim_csv(path, start) if path.exists() else None
         self._file = path.open("a", newline="")
         columns = existing or list(fields)
@@ -72,7 +76,8 @@ class RunLogger:
             self._csv.writeheader()
         if bar:
             self.bar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True)
-        self.writer = EventWriter(out / "tensorboard", start)
+        board = out / "tensorboard" if name == "log" else out / "tensorboard" / name
+        self.writer = EventWriter(board, start)
 
     def advance(self, n: int = 1) -> None:
         if self.bar is not None:
@@ -85,6 +90,9 @@ class RunLogger:
         self._file.flush()
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.4f}")
+        else:  # no progress bar: a line per record
+            values = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+            print(f"{self.name} step {step}: {values}", flush=True)
         if self.writer is not None:
             self.writer.add_scalars({f"train/{k}": v for k, v in metrics.items()}, step)
 

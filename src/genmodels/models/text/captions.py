@@ -16,10 +16,10 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from genmodels.models.text.encoders import TextEncoder
-from genmodels.models.text.minilm import MiniLMTextEncoder
+from genmodels.configs.conditioning import TextConfig
 
-from .config import TextConfig
+from .encoders import TextEncoder
+from .minilm import MiniLMTextEncoder
 
 __all__ = ["CaptionEmbeddings", "load_text_encoder"]
 

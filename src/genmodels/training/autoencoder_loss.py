@@ -1,4 +1,6 @@
-"""VQGAN training loss (Esser et al. 2021, eq. 4-7; taming's ``VQLPIPSWithDiscriminator``).
+"""Autoencoder training loss with a PatchGAN: VQGAN (Esser et al. 2021, eq. 4-7; taming's
+``VQLPIPSWithDiscriminator``) and the KL autoencoder of latent diffusion (ldm's
+``LPIPSWithDiscriminator``), which differ only in the regulariser (``regularizers.py``).
 
 Generator (autoencoder) step:
 
@@ -6,7 +8,7 @@ Generator (autoencoder) step:
     L_G    = -mean D(x_rec)
     lambda = ||grad_L L_rec|| / (||grad_L L_G|| + 1e-4), clamped to [0, 1e4], times disc_weight
              (L = the decoder's last layer, eq. 7)
-    loss   = L_rec + lambda * f(step) * L_G + codebook_weight * L_codebook
+    loss   = L_rec + lambda * f(step) * L_G + R     (R: the regulariser's weighted term)
 
 Discriminator step: f(step) * hinge (or vanilla) loss of D(x) vs D(x_rec.detach()), where
 f(step) = disc_factor from ``disc_start`` on and 0 before (taming's ``adopt_weight``).
@@ -27,9 +29,11 @@ from torch import Tensor, nn
 
 from genmodels.models.discriminator import NLayerDiscriminator
 
+from .regularizers import Regularization
+
 __all__ = [
-    "VQGANLossConfig",
-    "VQGANLoss",
+    "AutoencoderLossConfig",
+    "AutoencoderLoss",
     "adopt_weight",
     "adaptive_weight",
     "hinge_d_loss",
@@ -153,16 +157,16 @@ def adaptive_weight(
 
 
 @dataclass
-class VQGANLossConfig:
-    """Weights of the VQGAN loss; names and defaults follow taming's loss config."""
+class AutoencoderLossConfig:
+    """Weights of the reconstruction and GAN terms; names and defaults follow taming's loss
+    config (the codebook / KL weight is the regulariser's)."""
 
     disc_start: int = 0
-    codebook_weight: float = 1.0
     pixelloss_weight: float = 1.0  # L1 weight (taming stores it but always uses 1)
     l2_weight: float = 0.0
     perceptual_weight: float = 1.0
     lpips_path: str | None = None  # local LPIPS weights; None -> perceptual term off
-    disc_in_channels: int = 3
+    disc_in_channels: int | None = None  # None: the images' channels
     disc_num_layers: int = 3
     disc_ndf: int = 64
     use_actnorm: bool = False
@@ -173,17 +177,20 @@ class VQGANLossConfig:
     def __post_init__(self) -> None:
         if self.disc_loss not in DISC_LOSSES:
             raise ValueError(f"unknown disc_loss {self.disc_loss!r}; valid: {sorted(DISC_LOSSES)}")
-        for name in ("codebook_weight", "pixelloss_weight", "l2_weight", "perceptual_weight"):
+        for name in ("pixelloss_weight", "l2_weight", "perceptual_weight", "disc_factor"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
-class VQGANLoss(nn.Module):
-    """The two losses of a VQGAN step; owns the discriminator and the (frozen) LPIPS net."""
+class AutoencoderLoss(nn.Module):
+    """The two losses of an autoencoder + GAN step; owns the discriminator and the (frozen)
+    LPIPS net."""
 
-    def __init__(self, cfg: VQGANLossConfig) -> None:
+    def __init__(self, cfg: AutoencoderLossConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        if cfg.disc_in_channels is None:
+            raise ValueError("AutoencoderLoss needs disc_in_channels (the images' channels)")
         self.discriminator = NLayerDiscriminator(
             cfg.disc_in_channels, cfg.disc_ndf, cfg.disc_num_layers, cfg.use_actnorm
         )
@@ -208,11 +215,15 @@ class VQGANLoss(nn.Module):
             rec = rec + cfg.perceptual_weight * self.perceptual_loss(x, x_rec).float()
         return rec.mean()
 
+    def gan_active(self, step: int) -> bool:
+        """Whether the GAN terms are on at ``step`` (``disc_factor`` > 0, from ``disc_start``)."""
+        return adopt_weight(self.cfg.disc_factor, step, self.cfg.disc_start) > 0
+
     def generator_loss(
         self,
-        codebook_loss: Tensor,
         x: Tensor,
         x_rec: Tensor,
+        reg: Regularization,
         step: int,
         last_layer: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
@@ -220,15 +231,14 @@ class VQGANLoss(nn.Module):
         if x.shape != x_rec.shape:
             raise ValueError(f"x {tuple(x.shape)} and x_rec {tuple(x_rec.shape)} differ in shape")
         nll = self.reconstruction_loss(x, x_rec)
-        loss = nll + self.cfg.codebook_weight * codebook_loss.mean()
-        logs = {"rec_loss": nll.item(), "codebook_loss": codebook_loss.mean().item()}
-        disc_factor = adopt_weight(self.cfg.disc_factor, step, self.cfg.disc_start)
-        if disc_factor > 0:
+        loss = nll + reg.loss
+        logs = {"rec_loss": nll.item()} | reg.logs
+        if self.gan_active(step):
             if last_layer is None:
                 raise ValueError("generator_loss needs last_layer once the discriminator is on")
             g_loss = -self.discriminator(x_rec).float().mean()
             d_weight = adaptive_weight(nll, g_loss, last_layer, self.cfg.disc_weight)
-            loss = loss + d_weight * disc_factor * g_loss
+            loss = loss + d_weight * self.cfg.disc_factor * g_loss
             logs |= {"g_loss": g_loss.item(), "d_weight": d_weight.item()}
         return loss, logs
 

@@ -1,9 +1,9 @@
 """Import a taming-transformers checkpoint as a genmodels run directory.
 
 ``import_taming(ckpt, out_dir)`` writes ``vqgan.safetensors`` / ``vqgan.json`` (read by
-:func:`~genmodels.training.vqgan_train.load_vqgan`) and, for a ``Net2NetTransformer``,
+:func:`~genmodels.checkpoints.runs.load_vqgan`) and, for a ``Net2NetTransformer``,
 ``transformer.safetensors`` / ``transformer.json`` (read by
-:func:`~genmodels.training.transformer_train.load_transformer`), so ``genmodels vq-sample
+:func:`~genmodels.checkpoints.runs.load_transformer`), so ``genmodels vq-sample
 --ckpt out_dir`` samples it and ``vqgan_dir: out_dir`` trains a new transformer on its codes.
 
 What the weights do not say comes from the run's ``configs/*-project.yaml`` (found next to
@@ -42,12 +42,13 @@ from genmodels.checkpoints.taming_project import (
     merge_configs,
     taming_project_from_dict,
 )
+from genmodels.configs.io import read_yaml
 from genmodels.models.gpt import GPT
+from genmodels.models.net2net import TransformerMeta
 from genmodels.models.permuters import PERMUTERS, make_permuter
 from genmodels.models.vqgan import VQModel
-from genmodels.training.config import read_yaml
-from genmodels.training.transformer_train import TransformerMeta, save_transformer
-from genmodels.training.vqgan_train import save_vqgan
+
+from .runs import save_transformer, save_vqgan
 
 __all__ = ["TamingImport", "import_taming", "read_project"]
 
