@@ -9,16 +9,17 @@ import pytest
 import torch
 from PIL import Image
 
+from genmodels.checkpoints.vae import save_vae as save_autoencoder_kl
 from genmodels.cli.main import main
 from genmodels.configs.autoencoder import AutoencoderConfig
+from genmodels.configs.conditioning import LatentConfig, TextConfig
 from genmodels.configs.unet import UNetConfig
 from genmodels.data.digits import load_digits_tensor
 from genmodels.data.tensor_dataset import ImageTensorDataset
 from genmodels.models.autoencoder_kl import AutoencoderKL
-from genmodels.training.autoencoder_train import save_autoencoder_kl
-from genmodels.training.config import DataConfig, EMAConfig, LatentConfig, TextConfig
-from genmodels.training.run_loading import load_run
-from genmodels.training.trainer import Trainer
+from genmodels.pipelines.trained import load_run
+from genmodels.training.config import DataConfig, EMAConfig
+from genmodels.training.diffusion import Trainer
 from tests.training.helpers import tiny_config
 
 

@@ -10,7 +10,9 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from genmodels.configs.unet import UNetConfig
-from genmodels.training.config import DataConfig, TrainConfig, dump_config
+from genmodels.training.config import DataConfig
+from genmodels.training.task_configs import DiffusionRunConfig as TrainConfig
+from genmodels.training.task_configs import dump_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,7 +52,7 @@ def env() -> dict[str, str]:
 
 
 def train_cmd(config: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "genmodels.cli.train", "train", str(config), *extra]
+    return [sys.executable, "-m", "genmodels.cli.main", "train", str(config), *extra]
 
 
 def run_train(config: Path, *extra: str) -> subprocess.CompletedProcess:

@@ -27,7 +27,7 @@ def test_two_ranks_equal_one_process(tmp_path):
     single = run_train(one)
     assert single.returncode == 0, single.stderr[-2000:]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "genmodels.cli.train", "train", str(two)]  # fmt: skip
+           "-m", "genmodels.cli.main", "train", str(two)]  # fmt: skip
     ddp = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     a, b = final_weights(tmp_path / "one", 4), final_weights(tmp_path / "two", 4)

@@ -11,7 +11,7 @@ import torch
 
 from genmodels.training.checkpoint import latest_checkpoint
 from genmodels.training.config import EMAConfig, OptimConfig
-from genmodels.training.trainer import Trainer
+from genmodels.training.diffusion import Trainer
 from tests.training.helpers import env, final_weights, tiny_config, train_cmd, write_config
 
 
@@ -31,7 +31,7 @@ def test_resume_in_process_continues_exactly(tmp_path):
         assert torch.equal(a, b)
     for a, b in zip(full.ema.model.state_dict().values(), second.ema.model.state_dict().values()):
         assert torch.equal(a, b)
-    assert second.scheduler.last_epoch == full.scheduler.last_epoch == 6
+    assert second.optim.scheduler.last_epoch == full.optim.scheduler.last_epoch == 6
 
 
 def test_keep_last_and_torn_checkpoints_are_ignored(tmp_path):
@@ -40,9 +40,10 @@ def test_keep_last_and_torn_checkpoints_are_ignored(tmp_path):
     root = tmp_path / "checkpoints"
     assert sorted(p.name for p in root.iterdir()) == ["step-00000003", "step-00000004"]
     files = {p.name for p in (root / "step-00000004").iterdir()}
-    assert files == {"model.safetensors", "ema.safetensors", "state.pt", "config.yaml"}
+    assert files == {"model.safetensors", "ema.safetensors", "state.pt", "config.yaml",
+                     "manifest.json"}  # fmt: skip
     # a temp dir left by a killed writer, and a later dir without state.pt, are not checkpoints
-    (root / ".tmp-step-00000009-1").mkdir()
+    (root / ".step-00000009.tmp-1").mkdir()
     (root / "step-00000010").mkdir()
     assert latest_checkpoint(root).name == "step-00000004"
     assert latest_checkpoint(tmp_path / "missing") is None
@@ -85,18 +86,22 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
             assert torch.equal(a[key], b[key]), (name, key)
 
 
-def test_resaving_a_step_replaces_it_and_clears_stale_temp_dirs(tmp_path):
+def test_resaving_a_step_replaces_it_and_a_new_run_clears_stale_temp_dirs(tmp_path):
     trainer = Trainer(tiny_config(tmp_path, steps=2, ema=EMAConfig(enabled=False)))
     root = tmp_path / "checkpoints"
     trainer.train_step()
     first = trainer.save_checkpoint()
-    (root / ".tmp-step-00000007-99999").mkdir()  # a killed writer's leftovers
-    (root / ".tmp-old-step-00000001-99999").mkdir()
     with torch.no_grad():
         next(trainer.model.parameters()).add_(1.0)
     again = trainer.save_checkpoint()
     assert again == first and sorted(p.name for p in root.iterdir()) == ["step-00000001"]
+    (root / ".step-00000007.tmp-99999").mkdir()  # a killed writer's leftovers
+    (root / ".old-step-00000001.tmp-99999").mkdir()
+    (tmp_path / ".config.yaml.tmp-99999-0").write_text("partial")
     other = Trainer(tiny_config(tmp_path, steps=2, ema=EMAConfig(enabled=False)))
     assert other.resume()
     for a, b in zip(trainer.model.parameters(), other.model.parameters()):
         assert torch.equal(a, b)
+    other.fit()  # the run holds the folder's lock: what killed writers left goes
+    assert sorted(p.name for p in root.iterdir()) == ["step-00000001", "step-00000002"]
+    assert not list(tmp_path.glob(".*tmp*"))

@@ -9,22 +9,23 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from genmodels.configs.train import get_train_config
+from genmodels.configs.conditioning import TextConfig
 from genmodels.configs.unet import UNetConfig
 from genmodels.data.digits import load_digits_tensor
 from genmodels.data.tensor_dataset import ImageTensorDataset
+from genmodels.diffusion.objectives import ObjectiveConfig
+from genmodels.models.text.captions import CaptionEmbeddings, load_text_encoder
 from genmodels.models.text.encoders import TextEncoder
-from genmodels.training.config import (
-    DataConfig,
-    EMAConfig,
-    ObjectiveConfig,
-    OptimConfig,
-    TextConfig,
-    load_config,
-)
-from genmodels.training.text_cond import CaptionEmbeddings, load_text_encoder
-from genmodels.training.trainer import Trainer
+from genmodels.training.config import DataConfig, EMAConfig, OptimConfig
+from genmodels.training.diffusion import Trainer
+from genmodels.training.presets import get_preset as get_train_config
+from genmodels.training.tasks import build_config
 from tests.training.helpers import tiny_config
+
+
+def load_config(path: None, overrides: list[str]):
+    return build_config("diffusion", path, overrides)
+
 
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 TEXT_UNET = UNetConfig(
@@ -58,11 +59,13 @@ def _text_cfg(tmp_path, **kw):
 def _assert_fixed_batch_loss_drops(trainer: Trainer, data: ImageTensorDataset) -> None:
     """15 steps of the trainer's model + optimiser on one fixed batch and draw cut the loss
     below 0.7x its start."""
-    draws = trainer.objective.draw(16, (1, 8, 8), torch.Generator().manual_seed(1))
-    context = trainer.text.batch(data.captions, draws.drop)
+    gen = torch.Generator().manual_seed(1)
+    sigma, noise = trainer.loss_fn.draw(16, (1, 8, 8), generator=gen)
+    drop = torch.rand(16, generator=gen) < trainer.cfg.objective.cond_drop_prob
+    cond = {"context": trainer.text.batch(data.captions, drop)}
 
     def loss() -> torch.Tensor:
-        return trainer.objective.loss(data.images, None, draws, context).mean()
+        return trainer.loss_fn(trainer.denoiser, data.images, cond, sigma=sigma, noise=noise).mean()
 
     with torch.no_grad():
         before = float(loss())
@@ -119,13 +122,13 @@ def test_training_sees_the_dropped_context(tmp_path, encoder):
     cfg = _text_cfg(tmp_path, objective=ObjectiveConfig(kind="eps", cond_drop_prob=0.5))
     trainer = Trainer(cfg, dataset=_captioned_digits(16), text_encoder=encoder)
     seen = []
-    inner = trainer.objective.denoiser
+    inner = trainer.denoiser
 
     def spy(x, sigma, **cond):
         seen.append(cond["context"])
         return inner(x, sigma, **cond)
 
-    trainer.objective.denoiser = spy
+    trainer.denoiser = spy
     trainer.train_step()
     empty = (seen[0] == trainer.text.empty).flatten(1).all(1)
     assert 0 < int(empty.sum()) < 16  # some rows dropped to the empty prompt, not all

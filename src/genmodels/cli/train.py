@@ -14,6 +14,7 @@ is refused unless ``--resume`` (continue from its newest intact checkpoint, exac
 from __future__ import annotations
 
 import argparse
+import os
 
 from genmodels.configs.io import read_yaml
 from genmodels.training.distributed import shutdown
@@ -68,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
         print(dump_config(cfg), end="")
         return 0
     out_dir, owned = output_of(cfg)
-    if not args.overwrite:  # before any work; checked again under the run's lock
+    if not args.overwrite and os.environ.get("RANK", "0") == "0":  # before any work (rank 0;
+        # checked again under the run's lock when training starts)
         check_fresh(out_dir, args.resume, False, owned)
     try:
         out = TASKS[task].train(cfg, overwrite=args.overwrite, resume=args.resume)

@@ -248,9 +248,10 @@ class Trainer:
         """Write a checkpoint of the current step (rank 0 only)."""
         return self.run.save()
 
-    def resume(self) -> bool:
-        """Continue from the newest intact checkpoint of this run; False if there is none."""
-        return self.run.resume()
+    def resume(self, path: str | Path | None = None) -> bool:
+        """Continue from the newest intact checkpoint of this run (or checkpoint ``path``);
+        False if there is none."""
+        return self.run.resume(path)
 
     # ---- the loop -------------------------------------------------------------------------
 

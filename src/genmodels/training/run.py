@@ -163,11 +163,12 @@ class Run:
             for k, (a, b) in changes.items():
                 print(f"resume: {k} changed {a!r} -> {b!r}", flush=True)
 
-    def resume(self) -> bool:
-        """Continue from the newest intact checkpoint (damaged ones are skipped and named);
-        False when there is none (a fresh run). Call after ``track``, before ``with run``."""
+    def resume(self, path: str | Path | None = None) -> bool:
+        """Continue from the newest intact checkpoint (damaged ones are skipped and named), or
+        from checkpoint ``path``; False when there is none (a fresh run). Call after ``track``,
+        before ``with run``."""
         self.resuming = True  # asked for: a folder holding this run is then expected
-        found = checkpoint_dirs(self.ckpt_root)
+        found = checkpoint_dirs(self.ckpt_root) if path is None else [Path(path)]
         problems = []
         for path in reversed(found):
             try:
