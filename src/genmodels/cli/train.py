@@ -19,6 +19,7 @@ import os
 from genmodels.configs.io import read_yaml
 from genmodels.training.distributed import shutdown
 from genmodels.training.presets import PRESETS
+from genmodels.training.run import TrainingStopped
 from genmodels.training.run_dir import check_fresh
 from genmodels.training.task_configs import dump_config
 from genmodels.training.tasks import TASKS, build_config, output_of, resolve_task
@@ -74,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
         check_fresh(out_dir, args.resume, False, owned)
     try:
         out = TASKS[task].train(cfg, overwrite=args.overwrite, resume=args.resume)
+    except TrainingStopped:  # Ctrl-C / SIGTERM: the checkpoint and its line are written
+        return 130
     finally:
         shutdown()
     print(f"wrote {out}")

@@ -137,7 +137,7 @@ def train_autoencoder(
             if run.is_main and run.due(cfg.sample_every) and run.step < cfg.steps:
                 save_outputs()
         run.finish()
-        if run.is_main and not run.stopping:
+        if run.is_main:
             save_outputs()
             _write_summary(final, dataset, cfg, out, run.last_record)
     loader.close()

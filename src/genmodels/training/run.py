@@ -44,7 +44,7 @@ from .log_window import LogWindow
 from .logging import RunLogger
 from .run_dir import RunLock, StopSignal, check_fresh, clean_temporaries
 
-__all__ = ["RESUMABLE_CHANGES", "Run", "TrainingDiverged"]
+__all__ = ["RESUMABLE_CHANGES", "Run", "TrainingDiverged", "TrainingStopped"]
 
 # keys a resumed run may change: they steer the bookkeeping, not the optimisation so far
 RESUMABLE_CHANGES = (
@@ -52,6 +52,10 @@ RESUMABLE_CHANGES = (
     "progress", "device", "out_dir", "data.num_workers", "data.path", "latent.cache_path",
     "latent.vae_path", "text.path", "vqgan_dir", "cond_vqgan_dir",
 )  # fmt: skip
+
+
+class TrainingStopped(Exception):
+    """A stop signal ended the run after its checkpoint was written (``Run.finish``)."""
 
 
 class TrainingDiverged(ValueError):
@@ -113,6 +117,7 @@ class Run:
         self.signal = StopSignal()
         self.last_record: dict[str, float] = {}
         self._last_save = time.monotonic()
+        self._saved_step = -1
         self._t0, self._n0 = time.perf_counter(), 0
 
     @property
@@ -142,6 +147,7 @@ class Run:
     def save(self) -> Path | None:
         """Write a checkpoint of the current step (rank 0)."""
         self._last_save = time.monotonic()
+        self._saved_step = self.step
         if not self.is_main:
             return None
         return save_checkpoint(self.ckpt_root, self.step, self.modules, self._state(),
@@ -270,7 +276,8 @@ class Run:
         if not done and (self.due(self.cfg.ckpt_every) or by_time or self.stopping):
             self.save()
             if self.stopping and self.is_main:
-                print(f"stopped at step {self.step}; continue with --resume", flush=True)
+                print(f"stopped at step {self.step}, checkpoint written; continue with --resume",
+                      flush=True)  # fmt: skip
         return metrics
 
     def log(self, extra: dict[str, float] | None = None) -> dict[str, float]:
@@ -289,7 +296,10 @@ class Run:
         return record
 
     def finish(self) -> Path | None:
-        """The final checkpoint (unless the run was stopped by a signal: already written)."""
-        if self.stopping:
-            return None
-        return self.save()
+        """The final checkpoint; a run stopped by a signal (its checkpoint already written)
+        raises ``TrainingStopped`` instead."""
+        if not self.stopping:
+            return self.save()
+        if self._saved_step != self.step:  # the signal came during the last step
+            self.save()
+        raise TrainingStopped(f"stopped at step {self.step} by {self.signal.requested}")

@@ -156,7 +156,7 @@ def train_transformer(
                 ema.update(gpt)
             run.end_step(logs, loss=total)
         run.finish()
-        if run.is_main and not run.stopping:
+        if run.is_main:
             _write(cfg, run.out_dir, ema.model if ema is not None else gpt, meta, cond_vq)
     return run.out_dir
 

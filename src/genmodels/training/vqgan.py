@@ -141,7 +141,7 @@ def train_vqgan(
                 ema.update(model)
             run.end_step(logs | step_logs | {"counts": info.counts.cpu()}, loss=loss)
         run.finish()
-        if run.is_main and not run.stopping:
+        if run.is_main:
             _write_vqgan(ema.model if ema is not None else model, dataset, cfg, run)
     loader.close()
     return run.out_dir
