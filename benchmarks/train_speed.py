@@ -29,8 +29,10 @@ from unet_speed import matmul_gflops
 from genmodels.checkpoints.diffusers_unet import ldm_to_diffusers_unet
 from genmodels.configs.unet import UNetConfig
 from genmodels.data.tensor_dataset import ImageTensorDataset
-from genmodels.training.config import DataConfig, ObjectiveConfig, TrainConfig
-from genmodels.training.trainer import Trainer
+from genmodels.diffusion.objectives import ObjectiveConfig
+from genmodels.training.config import DataConfig
+from genmodels.training.diffusion import Trainer
+from genmodels.training.task_configs import DiffusionRunConfig as TrainConfig
 
 CONFIG = UNetConfig(
     in_channels=4,
@@ -107,7 +109,7 @@ def main() -> None:
     )  # fmt: skip
     trainer = Trainer(cfg, dataset=data)
     params = sum(p.numel() for p in trainer.model.parameters())
-    trainer.objective.denoiser.model = _WithContext(trainer.model, context)
+    trainer.denoiser.model = _WithContext(trainer.model, context)
     ours = _rate(trainer.train_step, b, args.steps)
 
     ref = _diffusers_unet(size)

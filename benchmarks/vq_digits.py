@@ -18,13 +18,14 @@ import time
 
 import torch
 
-from genmodels.configs.vq_train import get_vq_train_config
+from genmodels.checkpoints.runs import load_transformer, load_vqgan
 from genmodels.data.digits import load_digits_tensor
 from genmodels.evaluation.digits_classifier import DigitsClassifier
+from genmodels.pipelines.vq_transformer import sample_images
 from genmodels.training.images import save_grid
-from genmodels.training.transformer_train import load_transformer, sample_images
-from genmodels.training.vq_config import build_run_config, run_transformer, run_vqgan
-from genmodels.training.vqgan_train import load_vqgan, reconstruct_psnr
+from genmodels.training.tasks import build_config
+from genmodels.training.transformer import train_transformer
+from genmodels.training.vqgan import reconstruct_psnr, train_vqgan
 
 
 def main() -> None:
@@ -42,15 +43,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     common = [f"out_dir={args.out}", f"device={args.device}"]
-    vq_cfg = build_run_config(
-        "vqgan",
-        overrides=[f"train.steps={args.vq_steps}", f"train.loss.disc_start={args.disc_start}"]
-        + common,
-        base=get_vq_train_config("vqgan-digits"),
-    )
-    print(f"stage 1: VQGAN, bf16={vq_cfg.train.bf16}")
+    vq_cfg = build_config(
+        "vqgan", None,
+        [f"steps={args.vq_steps}", f"loss.disc_start={args.disc_start}", *common],
+        preset="vqgan-digits",
+    )  # fmt: skip
+    print(f"stage 1: VQGAN, precision {vq_cfg.precision}")
     t0 = time.perf_counter()
-    run_vqgan(vq_cfg)
+    train_vqgan(vq_cfg, overwrite=True)
     t_vq = time.perf_counter() - t0
     x, y = load_digits_tensor(16)
     vq = load_vqgan(args.out)
@@ -58,14 +58,14 @@ def main() -> None:
     usage = float((counts > 0).float().mean())
     print(f"VQGAN: PSNR {psnr:.2f} dB | codebook usage {usage * 100:.1f}% of {vq.n_codes} codes")
 
-    gpt_cfg = build_run_config(
-        "transformer",
-        overrides=[f"vqgan_dir={args.out}", f"train.steps={args.gpt_steps}"] + common,
-        base=get_vq_train_config("transformer-digits"),
-    )
+    gpt_cfg = build_config(
+        "transformer", None,
+        [f"vqgan_dir={args.out}", f"steps={args.gpt_steps}", "out_dir=null", *common[1:]],
+        preset="transformer-digits",
+    )  # fmt: skip
     print("stage 2: GPT")
     t0 = time.perf_counter()
-    run_transformer(gpt_cfg)
+    train_transformer(gpt_cfg, overwrite=True)
     t_gpt = time.perf_counter() - t0
     gpt, meta = load_transformer(args.out)
     print(f"GPT {sum(p.numel() for p in gpt.parameters()) / 1e3:.0f}k params")
