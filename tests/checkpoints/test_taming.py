@@ -14,6 +14,7 @@ import yaml
 from safetensors.torch import save_file
 
 from genmodels.checkpoints.io import CheckpointError
+from genmodels.checkpoints.runs import load_transformer, load_vqgan
 from genmodels.checkpoints.taming import (
     load_taming_gpt,
     load_taming_vq,
@@ -21,15 +22,15 @@ from genmodels.checkpoints.taming import (
     net2net_parts,
     vq_config_from_taming_state_dict,
 )
+from genmodels.checkpoints.taming_import import import_taming
 from genmodels.cli.main import main
 from genmodels.configs.vqgan import PRESETS, VQConfig
 from genmodels.models.gpt import GPT, GPTConfig
 from genmodels.models.gpt_sampling import sample
+from genmodels.models.net2net import make_prefix
 from genmodels.models.permuters import make_permuter
 from genmodels.models.vqgan import VQModel
-from genmodels.training.taming_import import import_taming
-from genmodels.training.transformer_train import load_transformer, make_prefix, sample_images
-from genmodels.training.vqgan_train import load_vqgan
+from genmodels.pipelines.vq_transformer import sample_images
 
 # f2, 32/64 wide, attention at level 1 only; built at 32 px so that the inferred config (256 px,
 # attention at 128) differs in its numbers but must build the same network.

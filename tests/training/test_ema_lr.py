@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from genmodels.training.config import EMAConfig, LambdaCycle, OptimConfig, load_config
+from genmodels.training.config import EMAConfig, LambdaCycle, OptimConfig
 from genmodels.training.ema import EMA, ema_decay, ema_update
 from genmodels.training.lr_schedules import lr_lambda, make_scheduler
+from genmodels.training.tasks import build_config
 from tests._refs import k_diffusion
 
 
@@ -139,10 +140,12 @@ def test_lambda_linear_cycles_match_ldm():
     with pytest.raises(ValueError, match=r"optim.lambda_cycles\[0\]: need cycle_length > 0"):
         lr_lambda(bad, 1)
     # from YAML: a list of mappings, keys checked
-    loaded = load_config(None, ["optim.lambda_cycles=[{warmup_steps: 3, cycle_length: 10}]"])
-    assert loaded.optim.lambda_cycles == (LambdaCycle(3, 10),)
-    with pytest.raises(ValueError, match=r"optim.lambda_cycles\[0\].cycle_lenght: unknown key"):
-        load_config(None, ["optim.lambda_cycles=[{warmup_steps: 3, cycle_lenght: 10}]"])
+    # (the shared optim section: the same in every task's config)
+    for task in ("diffusion", "autoencoder"):
+        loaded = build_config(task, None, ["optim.lambda_cycles=[{warmup_steps: 3, cycle_length: 10}]"])
+        assert loaded.optim.lambda_cycles == (LambdaCycle(3, 10),)
+        with pytest.raises(ValueError, match=r"optim.lambda_cycles\[0\].cycle_lenght: unknown key"):
+            build_config(task, None, ["optim.lambda_cycles=[{warmup_steps: 3, cycle_lenght: 10}]"])
 
 
 def test_scheduler_drives_optimizer():

@@ -1,4 +1,5 @@
-"""VQGAN loss terms against hand-computed values; PatchGAN layout; LPIPS loading."""
+"""Autoencoder (VQGAN) loss terms against hand-computed values with the codebook regulariser;
+PatchGAN layout; LPIPS loading."""
 
 from __future__ import annotations
 
@@ -10,16 +11,17 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from genmodels.models.discriminator import ActNorm, NLayerDiscriminator
-from genmodels.training.vqgan_loss import (
+from genmodels.training.autoencoder_loss import (
     LPIPS,
-    VQGANLoss,
-    VQGANLossConfig,
+    AutoencoderLoss,
+    AutoencoderLossConfig,
     adaptive_weight,
     adopt_weight,
     hinge_d_loss,
     load_lpips,
     vanilla_d_loss,
 )
+from genmodels.training.regularizers import vq_regularization
 
 
 def test_hinge_and_vanilla_losses_by_hand() -> None:
@@ -44,30 +46,33 @@ def test_adopt_weight_and_adaptive_weight() -> None:
     assert huge.item() == pytest.approx(1e4)
 
 
-def _loss(**kw: object) -> VQGANLoss:
-    cfg = VQGANLossConfig(
+def _loss(**kw: object) -> AutoencoderLoss:
+    cfg = AutoencoderLossConfig(
         perceptual_weight=0.0, disc_in_channels=1, disc_num_layers=2, disc_ndf=8, **kw
     )
-    return VQGANLoss(cfg)
+    return AutoencoderLoss(cfg)
 
 
 def test_generator_loss_by_hand() -> None:
     torch.manual_seed(0)
-    loss_fn = _loss(disc_start=5, l2_weight=0.5, codebook_weight=2.0, disc_weight=0.7)
+    loss_fn = _loss(disc_start=5, l2_weight=0.5, disc_weight=0.7)
     x = torch.rand(2, 1, 16, 16) * 2 - 1
     w = torch.randn(1, 1, 16, 16, requires_grad=True)  # stands in for the decoder's last layer
     x_rec = torch.tanh(x * 0.5 + w)
     cb = torch.tensor(0.3)
+    reg = vq_regularization(cb, 2.0)  # the codebook term with taming's codebook_weight 2
     diff = x - x_rec
     nll = (diff.abs() + 0.5 * diff.square()).mean()
     # before disc_start: reconstruction + codebook only
-    loss, logs = loss_fn.generator_loss(cb, x, x_rec, step=4, last_layer=w)
+    assert not loss_fn.gan_active(4) and loss_fn.gan_active(5)
+    loss, logs = loss_fn.generator_loss(x, x_rec, reg, step=4, last_layer=w)
     torch.testing.assert_close(loss, nll + 2.0 * cb)
     assert "g_loss" not in logs
+    assert logs["codebook_loss"] == pytest.approx(0.3) and logs["rec_loss"] == pytest.approx(nll.item())
     d_loss, _ = loss_fn.discriminator_loss(x, x_rec, step=4)
     assert d_loss.item() == 0.0
     # from disc_start on: + lambda * L_G with lambda from the gradient norms at w
-    loss, logs = loss_fn.generator_loss(cb, x, x_rec, step=5, last_layer=w)
+    loss, logs = loss_fn.generator_loss(x, x_rec, reg, step=5, last_layer=w)
     g = -loss_fn.discriminator(x_rec).mean()
     gn = torch.autograd.grad(nll, w, retain_graph=True)[0].norm()
     gg = torch.autograd.grad(g, w, retain_graph=True)[0].norm()
@@ -78,7 +83,7 @@ def test_generator_loss_by_hand() -> None:
     d = loss_fn.discriminator
     torch.testing.assert_close(d_loss, hinge_d_loss(d(x), d(x_rec)))
     with pytest.raises(ValueError, match="needs last_layer"):
-        loss_fn.generator_loss(cb, x, x_rec, step=5)
+        loss_fn.generator_loss(x, x_rec, reg, step=5)
 
 
 def test_discriminator_matches_taming_layout() -> None:
@@ -144,7 +149,10 @@ def test_lpips_loads_local_file_and_matches_hand_computation(tmp_path) -> None: 
     assert out.shape == (2, 1, 1, 1)
     torch.testing.assert_close(out, _lpips_by_hand(sd, x, y), rtol=1e-4, atol=1e-6)
     assert lpips(x, x).abs().max().item() == 0.0
-    loss_fn = VQGANLoss(VQGANLossConfig(lpips_path=str(path), perceptual_weight=0.5, disc_start=9))
+    loss_cfg = AutoencoderLossConfig(
+        lpips_path=str(path), perceptual_weight=0.5, disc_start=9, disc_in_channels=3
+    )
+    loss_fn = AutoencoderLoss(loss_cfg)
     expected = ((x - y).abs() + 0.5 * out).mean()
     torch.testing.assert_close(loss_fn.reconstruction_loss(x, y), expected)
     bad = tmp_path / "bad.safetensors"
@@ -155,9 +163,13 @@ def test_lpips_loads_local_file_and_matches_hand_computation(tmp_path) -> None: 
 
 def test_config_errors_and_missing_lpips_warning() -> None:
     with pytest.raises(ValueError, match="unknown disc_loss"):
-        VQGANLossConfig(disc_loss="wgan")
+        AutoencoderLossConfig(disc_loss="wgan")
+    with pytest.raises(TypeError, match="codebook_weight"):  # now the regulariser's weight
+        AutoencoderLossConfig(codebook_weight=1.0)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="needs disc_in_channels"):
+        AutoencoderLoss(AutoencoderLossConfig(perceptual_weight=0.0))
     with pytest.warns(UserWarning, match="perceptual loss off"):
-        loss_fn = VQGANLoss(VQGANLossConfig(disc_in_channels=1, disc_ndf=8))
+        loss_fn = AutoencoderLoss(AutoencoderLossConfig(disc_in_channels=1, disc_ndf=8))
     assert loss_fn.perceptual_loss is None
     with pytest.raises(ValueError, match="LPIPS weights file not found"):
         load_lpips("/nonexistent/vgg.pth")

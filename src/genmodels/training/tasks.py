@@ -66,7 +66,7 @@ TASKS: dict[str, Task] = {
     "transformer": Task(CONFIG_CLASSES["transformer"], train_transformer),
 }  # fmt: skip
 
-# keys of the per-task layouts before one layout (dotted prefixes) -> the key that replaced them
+# keys of the per-task layouts before the one layout (dotted prefixes) -> their new place
 _MOVED = {
     "train.steps": "steps", "train.batch_size": "data.batch_size", "train.lr": "optim.lr",
     "train.disc_lr": "optim.disc_lr", "train.betas": "optim.betas",
@@ -74,29 +74,31 @@ _MOVED = {
     "train.grad_clip": "optim.grad_clip", "train.seed": "seed", "train.log_every": "log_every",
     "train.bf16": "precision (bf16 / fp32)", "train.kl_weight": "regularizer.weight",
     "train.loss.codebook_weight": "regularizer.weight", "train.loss": "loss",
-    "train.gumbel_temperature": "gumbel_temperature", "train.pkeep": "pkeep", "train": "optim",
-    "gpt": "model", "loss.codebook_weight": "regularizer.weight",
+    "train.gumbel_temperature": "gumbel_temperature", "train.pkeep": "pkeep",
+    "loss.codebook_weight": "regularizer.weight", "gpt": "model",
+    "train": "optim.*, data.batch_size, steps, seed or log_every",
 }  # fmt: skip
 
 
-def _check_moved(data: dict[str, Any], where: str) -> None:
-    def walk(node: dict[str, Any], prefix: str) -> None:
-        for key, value in node.items():
-            dotted = f"{prefix}{key}"
-            if isinstance(value, dict) and dotted not in _MOVED:
-                walk(value, dotted + ".")
-            elif dotted in _MOVED or (isinstance(value, dict) and dotted in _MOVED):
-                path = dotted
-                if isinstance(value, dict) and value:  # name the first moved leaf precisely
-                    sub = next(iter(value))
-                    path = f"{dotted}.{sub}" if f"{dotted}.{sub}" in _MOVED else dotted
-                new = _MOVED.get(path, _MOVED[dotted])
-                raise ValueError(
-                    f"{where}{path}: this key moved in the one config layout of every task; "
-                    f"use {new}" + ("" if path == dotted else f" (and {dotted}.* in general)")
-                )
+def _leaves(data: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        out += _leaves(value, dotted + ".") if isinstance(value, dict) and value else [dotted]
+    return out
 
-    walk(data, "")
+
+def _check_moved(data: dict[str, Any], where: str) -> None:
+    """Refuse a key of the older layouts, naming the key that replaced it."""
+    for key in _leaves(data):
+        old = max((o for o in _MOVED if key == o or key.startswith(o + ".")), key=len, default=None)
+        if old is not None:
+            new = _MOVED[old]
+            if "*" not in new and " " not in new:
+                new += key[len(old) :]  # the same sub-key under the new section
+            raise ValueError(
+                f"{where}{key}: this key moved in the one config layout of every task; use {new}"
+            )
 
 
 def _resolve_model(data: dict[str, Any], task: Task) -> None:
