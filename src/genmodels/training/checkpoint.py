@@ -44,7 +44,7 @@ __all__ = [
     "latest_checkpoint",
     "load_state",
     "restore_rng",
-    "save_checkpoint",
+    "write_checkpoint",
     "verify_checkpoint",
 ]
 
@@ -102,7 +102,7 @@ def _weights(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
 
 
-def save_checkpoint(
+def write_checkpoint(
     root: str | Path,
     step: int,
     modules: dict[str, nn.Module],

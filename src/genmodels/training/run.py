@@ -35,8 +35,8 @@ from .checkpoint import (
     checkpoint_dirs,
     load_state,
     restore_rng,
-    save_checkpoint,
     verify_checkpoint,
+    write_checkpoint,
 )
 from .config import RunConfig
 from .distributed import DistInfo, all_reduce_mean, init_distributed
@@ -150,7 +150,7 @@ class Run:
         self._saved_step = self.step
         if not self.is_main:
             return None
-        return save_checkpoint(self.ckpt_root, self.step, self.modules, self._state(),
+        return write_checkpoint(self.ckpt_root, self.step, self.modules, self._state(),
                                self.config_text, keep_last=self.cfg.keep_last)  # fmt: skip
 
     def _check_config(self, path: Path) -> None:
