@@ -183,11 +183,14 @@ def test_bad_keys_and_values_name_the_key(task: str, override: str, message: str
 
 def test_task_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(ValueError, match="task: unknown 'gan'"):
-        build_run_config("gan")
+        build_config("gan")
     path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump({"train": {"steps": 3}}))
-    with pytest.raises(ValueError, match="missing task"):
-        load_run_config(path)
+    path.write_text(yaml.safe_dump({"task": "vqgan", "steps": 3}))
+    with pytest.raises(ValueError, match="the file is not a 'transformer' config"):
+        build_config("transformer", path)
+    # a file without ``task:`` is a diffusion run (as run files written before tasks had one)
+    path.write_text(yaml.safe_dump({"steps": 3}))
+    assert isinstance(load_config(path), DiffusionRunConfig)
     assert main(["train", str(path), "task=gan", "--print-config"]) == 2
     assert "task: unknown 'gan'" in capsys.readouterr().err
     assert main(["train", "--preset", "vqgan-digits", "task=transformer"]) == 2
@@ -198,11 +201,15 @@ def test_task_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
 
 
 def test_cli_print_config_reads_back(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["train", "--preset", "vqgan-digits", "--print-config", "train.steps=7"]) == 0
+    assert main(["train", "--preset", "vqgan-digits", "--print-config", "steps=7"]) == 0
     path = tmp_path / "printed.yaml"
     path.write_text(capsys.readouterr().out)
-    cfg = load_run_config(path)
-    assert cfg.train.steps == 7 and cfg.model == get_vq_train_config("vqgan-digits").model
+    cfg = load_config(path)
+    assert isinstance(cfg, VQGANRunConfig)
+    assert cfg.steps == 7 and cfg.model == get_preset("vqgan-digits").model
+    assert cfg == replace(get_preset("vqgan-digits"), steps=7)
+    assert main(["train", "--preset", "vqgan-digits", "--print-config", "train.steps=7"]) == 2
+    assert "train.steps: this key moved" in capsys.readouterr().err
     # an explicit ``task: diffusion`` gives the same config as no task key
     diff = tmp_path / "diff.yaml"
     diff.write_text(yaml.safe_dump({"steps": 3, "optim": {"lr": 1e-4}}))
@@ -219,9 +226,16 @@ def test_train_both_stages_then_vq_sample(tmp_path: Path) -> None:
     vq_yaml.write_text(yaml.safe_dump(TINY_VQGAN))
     assert main(["train", str(vq_yaml), f"out_dir={vq_dir}"]) == 0
     meta = json.loads((vq_dir / "vqgan.json").read_text())
-    assert [r["step"] for r in meta["log"]] == [2, 4] and "d_loss" in meta["log"][1]
+    log = _log_rows(vq_dir / "log.csv")
+    assert [int(r["step"]) for r in log] == [2, 4]
+    assert log[0]["d_loss"] == "" and float(log[1]["d_loss"]) >= 0  # the PatchGAN from step 2
+    assert "d_loss" in meta["final"] and meta["steps"] == 4
     assert 0 < meta["usage"] <= 1 and meta["psnr_db"] > 0
-    assert load_run_config(vq_dir / "vqgan_run.yaml").out_dir == str(vq_dir)
+    assert load_config(vq_dir / "vqgan_run.yaml").out_dir == str(vq_dir)
+    ckpt = vq_dir / "checkpoints" / "step-00000004"
+    for name in ("model", "discriminator"):
+        assert (ckpt / f"{name}.safetensors").is_file()
+    assert (ckpt / "manifest.json").is_file() and (ckpt / "state.pt").is_file()
     assert load_vqgan(vq_dir).n_codes == 16
 
     gpt_yaml = tmp_path / "transformer.yaml"
@@ -293,20 +307,31 @@ def test_image_conditional_stage_two_then_vq_sample(
         assert img.size == (12, 12) and json.loads(img.text["parameters"])["size"] == 12
 
 
-def test_gumbel_temperature_schedule_is_applied_while_training() -> None:
+def test_gumbel_temperature_schedule_is_applied_while_training(tmp_path: Path) -> None:
     sched = GumbelTemperatureConfig(warm_up_steps=2, max_decay_steps=6, t_start=0.5, t_max=1.0)
-    temps = [sched.at(s) for s in (0, 1, 2, 4, 6, 9)]  # warm-up 0.5 -> 1, cosine to t_min 1e-6
+    at = lambda cfg, s: gumbel_temperature(cfg, s)  # noqa: E731
+    temps = [at(sched, s) for s in (0, 1, 2, 4, 6, 9)]  # warm-up 0.5 -> 1, cosine to t_min 1e-6
     assert temps == pytest.approx([0.5, 0.75, 1.0, 0.5 + 0.5e-6, 1e-6, 1e-6])
     expo = GumbelTemperatureConfig(schedule="exponential", t_start=1.0, rate=0.5, t_min=0.2)
-    assert expo.at(0) == 1.0 and expo.at(2) == pytest.approx(np.exp(-1.0)) and expo.at(9) == 0.2
-    assert GumbelTemperatureConfig(schedule="constant", t_start=0.3).at(100) == 0.3
+    assert at(expo, 0) == 1.0 and at(expo, 2) == pytest.approx(np.exp(-1.0))
+    assert at(expo, 9) == 0.2
+    assert at(GumbelTemperatureConfig(schedule="constant", t_start=0.3), 100) == 0.3
     with pytest.raises(ValueError, match="warm_up_steps < max_decay_steps"):
         GumbelTemperatureConfig(warm_up_steps=5, max_decay_steps=5)
 
-    torch.manual_seed(0)
-    model = VQModel(replace(TINY, quantizer="gumbel"))
-    loss = VQGANLossConfig(disc_start=100, perceptual_weight=0.0, disc_in_channels=1)
-    cfg = VQGANTrainConfig(steps=4, batch_size=4, log_every=1, loss=loss, gumbel_temperature=sched)
-    records = train_vqgan(model, torch.rand(8, 1, 16, 16) * 2 - 1, cfg)
-    assert [r["temperature"] for r in records] == [sched.at(s) for s in range(4)]
-    assert model.quantize.temperature == sched.at(3)
+    cfg = VQGANRunConfig(
+        model=replace(TINY, quantizer="gumbel"),
+        data=DataConfig(dataset="digits", size=16, batch_size=4),
+        loss=AutoencoderLossConfig(disc_start=100, perceptual_weight=0.0, disc_in_channels=1),
+        gumbel_temperature=sched,
+        steps=4,
+        log_every=1,
+        out_dir=str(tmp_path / "gumbel"),
+        device="cpu",
+        progress=False,
+    )
+    out = train_vqgan(cfg)
+    records = _log_rows(out / "log.csv")  # one record per step: the temperature it was set to
+    assert [float(r["temperature"]) for r in records] == [at(sched, s) for s in range(4)]
+    final = json.loads((out / "vqgan.json").read_text())["final"]
+    assert final["temperature"] == at(sched, 3)  # the last step ran at step 3's temperature
