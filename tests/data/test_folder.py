@@ -86,3 +86,25 @@ def test_transforms(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ImageFolderDataset(tmp_path, 4)  # nothing corrupt: no warning
+
+
+def test_skip_counter_counts_files_not_decode_attempts(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from genmodels.data import folder as folder_mod
+
+    for i in range(3):
+        Image.new("RGB", (8, 8), (i * 80, 0, 0)).save(tmp_path / f"{i}.png")
+    ds = folder_mod.ImageFolderDataset(tmp_path, size=8)
+    real = folder_mod.load_rgb
+
+    def flaky(path: str):  # 1.png passes verify() but fails to decode, every time
+        if path.endswith("1.png"):
+            raise OSError("broken data stream")
+        return real(path)
+
+    monkeypatch.setattr(folder_mod, "load_rgb", flaky)
+    with pytest.warns(UserWarning, match="1.png"):
+        for _ in range(5):
+            ds[1]
+    assert ds.skipped == 1

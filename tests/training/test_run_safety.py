@@ -193,3 +193,21 @@ def test_offset_noise_and_zero_terminal_snr_reach_training(tmp_path):
     trainer.fit()
     weights = load_file(tmp_path / "checkpoints" / "step-00000001" / "model.safetensors")
     assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_train_without_arguments_shows_usage(capsys):
+    assert main(["train"]) == 2
+    out = capsys.readouterr()
+    assert "usage:" in out.out + out.err and "--preset" in out.out
+    assert not Path("runs/default").exists()
+
+
+def test_overrides_on_both_sides_of_resume(tmp_path):
+    cfg = write_config(tiny_config(tmp_path / "run", steps=2), tmp_path / "run.yaml")
+    assert main(["train", str(cfg), "steps=1"]) == 0
+    # flags after overrides, overrides after flags: both apply
+    assert main(["train", str(cfg), "--resume", "steps=2", "log_every=1"]) == 0
+    assert main(["train", str(cfg), "steps=3", "--resume", "log_every=1"]) == 0
+    names = [p.name for p in checkpoint_dirs(tmp_path / "run" / "checkpoints")]
+    assert names[-1] == "step-00000003"
+    assert main(["train", str(cfg), "--resume", "--overwrite"]) == 2

@@ -58,7 +58,7 @@ class ImageFolderDataset:
         files = sorted(
             p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
         )
-        self.skipped = 0
+        self.bad: set[Path] = set()  # files that could not be read, each counted once
         self._lock = threading.Lock()  # the trainer decodes in a thread pool
         self.files = [p for p in files if self._verify(p)]
         if not self.files:
@@ -82,9 +82,16 @@ class ImageFolderDataset:
             self._skip(path, exc)
             return False
 
+    @property
+    def skipped(self) -> int:
+        """How many distinct files were found unreadable (at the scan or when decoded)."""
+        return len(self.bad)
+
     def _skip(self, path: Path, exc: Exception) -> None:
         with self._lock:
-            self.skipped += 1
+            if path in self.bad:
+                return
+            self.bad.add(path)
         warnings.warn(f"skipping unreadable image {path}: {exc}", stacklevel=3)
 
     @staticmethod
@@ -101,6 +108,8 @@ class ImageFolderDataset:
         index, seed = key if isinstance(key, tuple) else (key, key)
         for attempt in range(len(self.files)):
             i = (index + attempt) % len(self.files)
+            if self.files[i] in self.bad:  # known bad: not decoded (or counted) again
+                continue
             try:
                 img = load_rgb(str(self.files[i]))
             except Exception as exc:  # decoding can still fail after verify()
