@@ -1,5 +1,5 @@
-"""Sampler registry: names, A1111 aliases, SamplerInfo facts checked against behaviour, and the
-shared input validation every sampler runs at entry."""
+"""Sampler registry: the one table (names, A1111 aliases, flags), SamplerInfo facts checked
+against behaviour, and the shared input validation every sampler runs at entry."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from genmodels.diffusion import samplers as S
-from genmodels.diffusion.samplers.common import SamplerInfo
+from genmodels.diffusion.samplers.registry import SamplerInfo
 from genmodels.diffusion.schedules import get_sigmas_karras
 
 K_NAMES = {
@@ -27,6 +27,8 @@ K_NAMES = {
     "dpmpp_3m_sde": "sample_dpmpp_3m_sde",
 }
 SIGMA_LIST = [n for n in K_NAMES if n not in ("dpm_fast", "dpm_adaptive")]
+# every sampler called with ``sigmas`` (k-diffusion's and the extra ones)
+ALL_SIGMA_LIST = [n for n, info in S.SAMPLER_INFO.items() if not info.uses_sigma_range]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -77,28 +79,66 @@ def test_resolve_sampler(alias, expected):
     assert S.get_sampler(alias) is S.SAMPLERS[expected[0]]
 
 
-@pytest.mark.parametrize("alias", ["DDIM", "PLMS", "UniPC", "LCM"])
-def test_aliases_of_extra_samplers(alias):
-    sampler = S.A1111_ALIASES[alias][0]
-    if sampler in S.SAMPLERS:
-        assert S.resolve_sampler(alias.lower()) == (sampler, None)
-    else:  # extra_registry.py not present in this checkout
-        with pytest.raises(ValueError, match="not available"):
-            S.resolve_sampler(alias)
+@pytest.mark.parametrize(
+    "alias,expected",
+    [("DDIM", "ddim"), ("PLMS", "plms"), ("UniPC", "uni_pc"), ("LCM", "lcm")],
+)
+def test_aliases_of_extra_samplers(alias, expected):
+    assert S.resolve_sampler(alias.lower()) == (expected, None)
 
 
-def test_every_alias_names_a_sampler_and_a_known_schedule():
-    extra = {"ddim", "plms", "uni_pc", "lcm"}
+def test_table_is_the_single_source():
+    """SAMPLERS and A1111_ALIASES are views of SAMPLER_INFO; every row has its flags."""
+    assert list(S.SAMPLERS) == list(S.SAMPLER_INFO)
+    for name, info in S.SAMPLER_INFO.items():
+        assert isinstance(info, SamplerInfo), name
+        assert S.SAMPLERS[name] is info.fn and callable(info.fn), name
+        assert info.fn.__name__ == f"sample_{name}", name
+        assert S.get_sampler_info(name) is info
+    fns = [info.fn for info in S.SAMPLER_INFO.values()]
+    assert len(set(fns)) == len(fns)
+    a1111 = [info.a1111 for info in S.SAMPLER_INFO.values() if info.a1111 is not None]
+    assert len(set(a1111)) == len(a1111)
+    lower = [alias.lower() for alias in S.A1111_ALIASES]
+    assert len(set(lower)) == len(lower)  # case-insensitive lookup is unambiguous
+    for alias, (sampler, _) in S.A1111_ALIASES.items():  # "Euler" -> euler, never another
+        assert alias.lower() not in S.SAMPLERS or alias.lower() == sampler, alias
+    expected = sum(1 + len(i.a1111_schedules) for i in S.SAMPLER_INFO.values() if i.a1111)
+    assert len(S.A1111_ALIASES) == expected
+
+
+def test_every_alias_resolves_to_its_row():
     for alias, (sampler, scheduler) in S.A1111_ALIASES.items():
-        assert sampler in S.SAMPLERS or sampler in extra, alias
-        assert scheduler in (None, "karras", "exponential"), alias
+        assert S.resolve_sampler(alias) == (sampler, scheduler), alias
+        assert S.resolve_sampler(alias.upper()) == (sampler, scheduler), alias
+        info = S.SAMPLER_INFO[sampler]
+        assert alias.startswith(info.a1111), alias
+        assert scheduler is None or scheduler in info.a1111_schedules, alias
+
+
+def test_flags():
+    flags = {
+        "discard_penultimate_sigma": {"dpm_2", "dpm_2_ancestral", "uni_pc", "uni_pc_bh2"},
+        "uses_sigma_range": {"dpm_fast", "dpm_adaptive"},
+        "steps_as_n": {"dpm_fast"},
+        "brownian_noise": {"dpmpp_sde", "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde"},
+    }
+    for flag, names in flags.items():
+        assert {n for n, i in S.SAMPLER_INFO.items() if getattr(i, flag)} == names, flag
 
 
 def test_sampler_info_is_validated():
+    fn = S.sample_euler
     with pytest.raises(ValueError, match="kind"):
-        SamplerInfo("x", "stochastic", 1, 1)
+        SamplerInfo(fn, "x", "stochastic", 1, 1)
     with pytest.raises(ValueError, match=">= 1"):
-        SamplerInfo("x", "ode", 0, 1)
+        SamplerInfo(fn, "x", "ode", 0, 1)
+    with pytest.raises(ValueError, match="a1111_schedules must be"):
+        SamplerInfo(fn, "x", "ode", 1, 1, a1111="X", a1111_schedules=("beta",))
+    with pytest.raises(ValueError, match="needs an a1111 name"):
+        SamplerInfo(fn, "x", "ode", 1, 1, a1111_schedules=("karras",))
+    with pytest.raises(ValueError, match="steps_as_n"):
+        SamplerInfo(fn, "x", "ode", 1, 1, steps_as_n=True)
     assert S.get_sampler_info("DPM++ 2M Karras").model_calls_per_step == 1
 
 
@@ -111,7 +151,7 @@ class CountingDenoiser:
         return x / (1 + sigma.view(-1, 1) ** 2)
 
 
-@pytest.mark.parametrize("name", SIGMA_LIST)
+@pytest.mark.parametrize("name", ALL_SIGMA_LIST)
 def test_info_matches_behaviour(name):
     """model_calls_per_step: counted on steps that do not end at 0; kind "ode": the result does
     not depend on the global RNG; "sde"/"ancestral": it does."""
@@ -122,7 +162,7 @@ def test_info_matches_behaviour(name):
     den = CountingDenoiser()
     torch.manual_seed(0)
     out_a = S.SAMPLERS[name](den, x, sigmas, disable=True)
-    assert den.calls == 4 * info.model_calls_per_step
+    assert den.calls == 4 * info.model_calls_per_step + (name == "plms")  # + its warm-up call
     torch.manual_seed(1)
     out_b = S.SAMPLERS[name](den, x, sigmas, disable=True)
     assert torch.equal(out_a, out_b) == (info.kind == "ode")

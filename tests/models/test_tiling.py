@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from genmodels.configs.autoencoder import AutoencoderConfig
-from genmodels.models.autoencoder_blocks import GroupNorm32
 from genmodels.models.autoencoder_kl import AutoencoderKL
 from genmodels.models.tiling import TilingConfig, tile_starts, tiled_forward
+from genmodels.nn.normalization import GroupNorm32
 
 # Narrow f2 autoencoder without attention (cheap on CPU): decoder receptive radius 12 latents
 # (conv_in 1, mid 4, 2 res blocks at h 4, upsample 0.5, 2 res blocks at 2h 2, conv_out 0.5).
@@ -49,7 +49,7 @@ def test_tiled_forward_exact_for_local_maps() -> None:
     # with global statistics; per-tile statistics are not.
     net = nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1),
-        GroupNorm32(4, 8),
+        GroupNorm32(8, num_groups=4, eps=1e-6),
         nn.SiLU(),
         up,
         nn.Conv2d(8, 5, 3, padding=1),
@@ -138,3 +138,17 @@ def test_automatic_tiling_threshold_and_bad_settings() -> None:
         TilingConfig(tile_size=32, overlap=32)
     with pytest.raises(ValueError, match="norm_stats"):
         TilingConfig(norm_stats="batch")
+
+
+def test_one_group_norm_for_unet_and_autoencoder() -> None:
+    from genmodels.models.autoencoder_blocks import Normalize
+    from genmodels.nn.normalization import normalization
+
+    ae, unet = Normalize(64), normalization(64)
+    assert type(ae) is type(unet) is GroupNorm32
+    assert (ae.num_groups, ae.num_channels, ae.eps) == (32, 64, 1e-6)
+    assert (unet.num_groups, unet.num_channels, unet.eps) == (32, 64, 1e-5)
+    with pytest.raises(TypeError):  # torch's (num_groups, num_channels) order is refused
+        GroupNorm32(4, 8)  # type: ignore[misc]
+    with pytest.raises(ValueError, match="divisible"):
+        GroupNorm32(30)

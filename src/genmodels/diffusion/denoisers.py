@@ -21,6 +21,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from .schedules import shift_flow_t
+
 __all__ = ["Denoiser", "DiscreteDenoiser", "FlowDenoiser", "KarrasDenoiser", "append_dims"]
 
 PREDICTIONS = ("eps", "v", "x0")
@@ -202,7 +204,7 @@ class FlowDenoiser(nn.Module):
         self.shift = shift
         self.multiplier = multiplier
         ts = torch.arange(1, num_timesteps + 1, dtype=torch.float64) / num_timesteps
-        ts = (shift * ts / (1 + (shift - 1) * ts)).clamp(max=t_max)
+        ts = shift_flow_t(ts, shift).clamp(max=t_max)
         self.register_buffer("sigmas", (ts / (1 - ts)).float(), persistent=False)
 
     @property

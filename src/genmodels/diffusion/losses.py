@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from .denoisers import append_dims
+from .schedules import shift_flow_t
 
 __all__ = [
     "DiffusionLoss",
@@ -203,7 +204,7 @@ def flow_matching_loss(
         else:
             z = torch.randn(n) if gen is None else torch.randn(n, generator=gen, device=gen.device)
             t = torch.sigmoid(z.to(device) * logit_std + logit_mean)
-        t = (shift * t / (1 + (shift - 1) * t)).clamp(t_min, t_max)
+        t = shift_flow_t(t, shift).clamp(t_min, t_max)
         return t / (1 - t)
 
     def weighting(sigma: Tensor) -> Tensor:

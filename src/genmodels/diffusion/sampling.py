@@ -18,15 +18,10 @@ import torch
 from torch import Tensor
 
 from .noise import BrownianTreeNoiseSampler, SeededNoiseSampler
-from .samplers.registry import SAMPLER_INFO, get_sampler, resolve_sampler
+from .samplers.registry import SAMPLER_INFO, resolve_sampler
 from .schedules import SigmaModel, compute_sigmas
 
 __all__ = ["sample", "sampler_sigmas"]
-
-# Second-order samplers whose last step to sigma=0 is wasted: both A1111
-# ("discard_next_to_last_sigma") and ComfyUI schedule one step more and drop the penultimate
-# sigma. ComfyUI does the same for UniPC.
-DISCARD_PENULTIMATE = frozenset({"dpm_2", "dpm_2_ancestral", "uni_pc", "uni_pc_bh2"})
 
 
 def sampler_sigmas(
@@ -35,7 +30,7 @@ def sampler_sigmas(
     """(canonical sampler name, sigmas) for a sampler/scheduler pair as ComfyUI builds them."""
     name, implied = resolve_sampler(sampler)
     scheduler = scheduler or implied or "normal"
-    if name in DISCARD_PENULTIMATE:
+    if SAMPLER_INFO[name].discard_penultimate_sigma:
         sigmas = compute_sigmas(scheduler, model, steps + 1)
         return name, torch.cat([sigmas[:-2], sigmas[-1:]])
     return name, compute_sigmas(scheduler, model, steps)
@@ -71,7 +66,7 @@ def sample(
     through ``options``.
     """
     name, _ = resolve_sampler(sampler)
-    fn = get_sampler(name)
+    info = SAMPLER_INFO[name]
     if sigmas is None:
         name, sigmas = sampler_sigmas(denoiser, sampler, scheduler, steps)
     sigmas = torch.as_tensor(sigmas, dtype=torch.float32, device=device)
@@ -86,9 +81,8 @@ def sample(
     if init is not None:
         x = x + init.to(device=device, dtype=dtype)
 
-    info = SAMPLER_INFO.get(name)
-    if _accepts(fn, "noise_sampler") and "noise_sampler" not in options:
-        if info is not None and info.kind == "sde":
+    if _accepts(info.fn, "noise_sampler") and "noise_sampler" not in options:
+        if info.brownian_noise:
             positive = sigmas[sigmas > 0]
             options["noise_sampler"] = BrownianTreeNoiseSampler(
                 x, positive.min(), positive.max(), seed=noise.seeds
@@ -96,9 +90,9 @@ def sample(
         else:
             options["noise_sampler"] = noise
     common = dict(extra_args=extra_args, callback=callback, disable=disable)
-    if info is not None and info.uses_sigma_range:
+    if info.uses_sigma_range:
         positive = sigmas[sigmas > 0]
-        if name == "dpm_fast":
+        if info.steps_as_n:
             options.setdefault("n", len(sigmas) - 1)
-        return fn(denoiser, x, float(positive.min()), float(sigmas[0]), **common, **options)
-    return fn(denoiser, x, sigmas, **common, **options)
+        return info.fn(denoiser, x, float(positive.min()), float(sigmas[0]), **common, **options)
+    return info.fn(denoiser, x, sigmas, **common, **options)

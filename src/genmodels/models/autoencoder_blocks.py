@@ -7,61 +7,19 @@ is single-head with 1x1-conv projections. Parameter names follow the original ch
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from genmodels.nn.normalization import GroupNorm32
+
 NORM_EPS = 1e-6
-
-
-NormStatsHook = Callable[["GroupNorm32", Tensor], "tuple[Tensor, Tensor] | None"]
-
-
-class GroupNorm32(nn.GroupNorm):
-    """GroupNorm that never normalises in fp16 and can take its statistics from outside.
-
-    fp16 inputs are normalised in fp32 (their variance can overflow fp16). ``stats_hook`` (set by
-    ``genmodels.models.tiling``) sees each input and may return per-(sample, group) ``(mean, var)``
-    to normalise with instead of the input's own, so that image tiles share whole-image
-    statistics (the A1111 multidiffusion tiled-VAE "GroupNorm sync" idea).
-    """
-
-    def __init__(self, num_groups: int, num_channels: int, eps: float = NORM_EPS) -> None:
-        super().__init__(num_groups, num_channels, eps=eps, affine=True)
-        self.stats_hook: NormStatsHook | None = None
-
-    def forward(self, x: Tensor) -> Tensor:
-        stats = self.stats_hook(self, x) if self.stats_hook is not None else None
-        if stats is not None:
-            return self._normalize_with(x, *stats)
-        if x.dtype == torch.float16:
-            w, b = self.weight.float(), self.bias.float()
-            return F.group_norm(x.float(), self.num_groups, w, b, self.eps).to(x.dtype)
-        return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
-
-    def _normalize_with(self, x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
-        B, C = x.shape[:2]
-        if mean.shape != (B, self.num_groups) or var.shape != mean.shape:
-            raise ValueError(
-                f"expected stats of shape ({B}, {self.num_groups}), got {tuple(mean.shape)}"
-            )
-        # fold the statistics into a per-(sample, channel) affine map: y = a * x + b
-        rep = C // self.num_groups
-        a = torch.rsqrt(var.float() + self.eps).repeat_interleave(rep, 1) * self.weight.float()
-        b = self.bias.float() - mean.float().repeat_interleave(rep, 1) * a  # (B, C)
-        dtype = torch.float32 if x.dtype == torch.float16 else x.dtype
-        a, b = a.to(dtype)[..., None, None], b.to(dtype)[..., None, None]
-        return torch.addcmul(b, x.to(dtype), a).to(x.dtype)
 
 
 def Normalize(in_channels: int, num_groups: int = 32) -> GroupNorm32:
     """ldm ``Normalize``: GroupNorm(32, eps=1e-6, affine)."""
-    if in_channels % num_groups != 0:
-        raise ValueError(f"channels {in_channels} not divisible by norm groups {num_groups}")
-    return GroupNorm32(num_groups, in_channels)
+    return GroupNorm32(in_channels, num_groups=num_groups, eps=NORM_EPS)
 
 
 class Upsample(nn.Module):

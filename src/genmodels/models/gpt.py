@@ -170,9 +170,6 @@ class GPT(nn.Module):
             module.bias.data.zero_()
             module.weight.data.fill_(1.0)
 
-    def get_block_size(self) -> int:
-        return self.block_size
-
     def new_cache(self) -> KVCache:
         """An empty KV cache for incremental decoding with this model."""
         return KVCache.empty(self.config.n_layer)

@@ -41,6 +41,7 @@ __all__ = [
     "QuantizeInfo",
     "VectorQuantizer",
     "check_code_indices",
+    "codebook_usage",
     "check_unknown_index",
     "kmeans",
     "nearest_code",
@@ -67,7 +68,13 @@ class QuantizeInfo(NamedTuple):
     @property
     def usage(self) -> Tensor:
         """Fraction of the codebook used by this batch, ()."""
-        return (self.counts > 0).float().mean()
+        return codebook_usage(self.counts)
+
+
+def codebook_usage(counts: Tensor) -> Tensor:
+    """Fraction of codes with a non-zero count, (); ``counts`` (n_e,) of one batch
+    (``QuantizeInfo.counts``) or accumulated over many."""
+    return (counts > 0).float().mean()
 
 
 def nearest_code(z_flat: Tensor, codebook: Tensor) -> Tensor:

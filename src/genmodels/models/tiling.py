@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genmodels.models.autoencoder_blocks import GroupNorm32
+from genmodels.nn.normalization import GroupNorm32
 
 NORM_STATS = ("global", "tile")
 

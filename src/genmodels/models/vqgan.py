@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from genmodels.configs.vqgan import VQConfig
@@ -28,7 +27,7 @@ from genmodels.models.quantize import QuantizeInfo, VectorQuantizer
 from genmodels.models.quantize_fsq import FSQuantizer
 from genmodels.models.quantize_gumbel import GumbelQuantize
 
-__all__ = ["VQModel", "build_quantizer", "codebook_usage"]
+__all__ = ["VQModel", "build_quantizer"]
 
 
 def build_quantizer(cfg: VQConfig) -> nn.Module:
@@ -117,9 +116,3 @@ class VQModel(nn.Module):
     def get_last_layer(self) -> Tensor:
         """The decoder's last weight, where the adaptive GAN weight compares gradients."""
         return self.decoder.conv_out.weight
-
-
-@torch.no_grad()
-def codebook_usage(counts: Tensor) -> float:
-    """Fraction of codes with a non-zero count, from accumulated ``QuantizeInfo.counts``."""
-    return float((counts > 0).float().mean())

@@ -2,7 +2,6 @@
 callback=None, disable=None, **options)`` functions over a denoiser, and a name registry."""
 
 from genmodels.diffusion.samplers.common import (
-    SamplerInfo,
     append_dims,
     get_ancestral_step,
     to_d,
@@ -35,6 +34,7 @@ from genmodels.diffusion.samplers.registry import (
     A1111_ALIASES,
     SAMPLER_INFO,
     SAMPLERS,
+    SamplerInfo,
     get_sampler,
     get_sampler_info,
     resolve_sampler,

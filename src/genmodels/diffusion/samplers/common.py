@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -120,26 +119,3 @@ def notify(
     """Call ``callback`` with k-diffusion's per-step dict."""
     if callback is not None:
         callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma_hat, "denoised": denoised})
-
-
-@dataclass(frozen=True)
-class SamplerInfo:
-    """What a sampler is, for listings (``genmodels samplers``) and pipelines.
-
-    kind: "ode" (deterministic), "sde" (stochastic solver) or "ancestral" (ODE step + fresh
-    noise). ``model_calls_per_step`` is per sigma interval (the last step to 0 may use fewer).
-    ``uses_sigma_range``: the sampler takes ``sigma_min, sigma_max[, n]`` instead of ``sigmas``.
-    """
-
-    family: str
-    kind: str
-    model_calls_per_step: int
-    order: int
-    description: str = ""
-    uses_sigma_range: bool = False
-
-    def __post_init__(self) -> None:
-        if self.kind not in {"ode", "sde", "ancestral"}:
-            raise ValueError(f"kind must be 'ode', 'sde' or 'ancestral', got {self.kind!r}")
-        if self.model_calls_per_step < 1 or self.order < 1:
-            raise ValueError("model_calls_per_step and order must be >= 1")

@@ -1,15 +1,21 @@
-"""Sampler registry: k-diffusion / ComfyUI names -> sampler functions, A1111 display names as
-aliases for (sampler, scheduler) pairs, and per-sampler facts for listings.
+"""The one sampler table: k-diffusion / ComfyUI names -> the function, its A1111 display names
+and the facts a caller needs (kind, order, model calls per step, how to call it).
 
     >>> get_sampler("dpmpp_2m")              # the function
     >>> resolve_sampler("DPM++ 2M Karras")   # ("dpmpp_2m", "karras")
+
+``SAMPLERS`` (name -> function) and ``A1111_ALIASES`` (display name -> (sampler, scheduler))
+are views of ``SAMPLER_INFO``; nothing else lists samplers by name.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from genmodels.diffusion.samplers.common import SamplerInfo
+from torch import Tensor
+
+from genmodels.diffusion.samplers.ddim import sample_ddim, sample_ddpm, sample_lcm
 from genmodels.diffusion.samplers.dpm_solver import sample_dpm_adaptive, sample_dpm_fast
 from genmodels.diffusion.samplers.dpmpp import (
     sample_dpmpp_2m,
@@ -26,8 +32,14 @@ from genmodels.diffusion.samplers.euler import (
     sample_euler_ancestral,
     sample_heun,
 )
-from genmodels.diffusion.samplers.extra_registry import EXTRA_SAMPLER_INFO, EXTRA_SAMPLERS
 from genmodels.diffusion.samplers.lms import sample_lms
+from genmodels.diffusion.samplers.multistep import (
+    sample_deis,
+    sample_ipndm,
+    sample_ipndm_v,
+    sample_plms,
+)
+from genmodels.diffusion.samplers.unipc import sample_uni_pc, sample_uni_pc_bh2
 
 __all__ = [
     "SAMPLERS",
@@ -39,109 +51,126 @@ __all__ = [
     "resolve_sampler",
 ]
 
-SAMPLERS: dict[str, Callable] = {
-    "euler": sample_euler,
-    "euler_ancestral": sample_euler_ancestral,
-    "heun": sample_heun,
-    "dpm_2": sample_dpm_2,
-    "dpm_2_ancestral": sample_dpm_2_ancestral,
-    "lms": sample_lms,
-    "dpm_fast": sample_dpm_fast,
-    "dpm_adaptive": sample_dpm_adaptive,
-    "dpmpp_2s_ancestral": sample_dpmpp_2s_ancestral,
-    "dpmpp_sde": sample_dpmpp_sde,
-    "dpmpp_2m": sample_dpmpp_2m,
-    "dpmpp_2m_sde": sample_dpmpp_2m_sde,
-    "dpmpp_2m_sde_heun": sample_dpmpp_2m_sde_heun,
-    "dpmpp_3m_sde": sample_dpmpp_3m_sde,
-}
+KINDS = ("ode", "sde", "ancestral")
+A1111_SCHEDULES = ("karras", "exponential")
+
+
+@dataclass(frozen=True)
+class SamplerInfo:
+    """One row of the sampler table: the function, what it is, and how to call it.
+
+    kind: "ode" (deterministic), "sde" (stochastic solver) or "ancestral" (ODE step + fresh
+    noise; ``ddim`` only with ``eta > 0``). ``model_calls_per_step`` is per sigma interval (the
+    last step to 0 may use fewer; ``plms`` adds one on its first step). ``order``: of the update
+    at its full order (before lower-order warm-up or final steps).
+
+    a1111: the A1111 display name (stable-diffusion-webui <= 1.8, still accepted later);
+    ``a1111_schedules`` the schedules A1111 offers as "<name> Karras" / "<name> Exponential".
+    uses_sigma_range: called as ``fn(model, x, sigma_min, sigma_max, ...)`` instead of ``sigmas``.
+    steps_as_n: with ``uses_sigma_range``, the step count is passed as ``n`` (``dpm_fast``).
+    discard_penultimate_sigma: schedule one step more and drop the next-to-last sigma, as A1111
+    ("discard_next_to_last_sigma", the second-order DPM2) and ComfyUI (DPM2, UniPC) do, because
+    the last step to sigma=0 would waste the second model call.
+    """
+
+    fn: Callable[..., Tensor]
+    family: str
+    kind: str
+    model_calls_per_step: int
+    order: int
+    description: str = ""
+    a1111: str | None = None
+    a1111_schedules: tuple[str, ...] = ()
+    uses_sigma_range: bool = False
+    steps_as_n: bool = False
+    discard_penultimate_sigma: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be 'ode', 'sde' or 'ancestral', got {self.kind!r}")
+        if self.model_calls_per_step < 1 or self.order < 1:
+            raise ValueError("model_calls_per_step and order must be >= 1")
+        if not set(self.a1111_schedules) <= set(A1111_SCHEDULES):
+            raise ValueError(f"a1111_schedules must be among {A1111_SCHEDULES}")
+        if self.a1111_schedules and self.a1111 is None:
+            raise ValueError("a1111_schedules needs an a1111 name")
+        if self.steps_as_n and not self.uses_sigma_range:
+            raise ValueError("steps_as_n only applies to samplers with uses_sigma_range")
+
+    @property
+    def brownian_noise(self) -> bool:
+        """SDE solvers get Brownian-tree noise (k-diffusion's default for them), so the result
+        barely changes with the step count; ancestral samplers get fresh noise per step."""
+        return self.kind == "sde"
+
 
 _KARRAS = "Karras et al. 2022"
 _DPMPP = "DPM-Solver++ (Lu et al. 2022)"
+_DPM = "DPM-Solver (Lu et al. 2022)"
+_UNIPC = "UniPC (Zhao et al. 2023)"
+_IPNDM = "iPNDM (Zhang & Chen 2022)"
+_K = ("karras",)
+_KE = ("karras", "exponential")
 _I = SamplerInfo
 SAMPLER_INFO: dict[str, SamplerInfo] = {
-    "euler": _I(f"Euler ({_KARRAS})", "ode", 1, 1, "Euler; an SDE with s_churn > 0"),
-    "euler_ancestral": _I(f"Euler ({_KARRAS})", "ancestral", 1, 1, "Euler + ancestral noise"),
-    "heun": _I(f"Heun ({_KARRAS})", "ode", 2, 2, "Heun; an SDE with s_churn > 0"),
-    "dpm_2": _I(f"DPM-2 ({_KARRAS})", "ode", 2, 2, "log-sigma midpoint; SDE with s_churn"),
-    "dpm_2_ancestral": _I(f"DPM-2 ({_KARRAS})", "ancestral", 2, 2, "midpoint + ancestral noise"),
-    "lms": _I("LMS (k-diffusion)", "ode", 1, 4, "linear multistep in sigma, order 4"),
-    "dpm_fast": _I("DPM-Solver (Lu et al. 2022)", "ode", 3, 3, "fixed NFE n", True),
-    "dpm_adaptive": _I("DPM-Solver (Lu et al. 2022)", "ode", 3, 3, "DPM-Solver-23, adaptive", True),
-    "dpmpp_2s_ancestral": _I(_DPMPP, "ancestral", 2, 2, "2S + ancestral noise"),
-    "dpmpp_sde": _I(_DPMPP, "sde", 2, 2, "stochastic 2nd order, Brownian-tree noise"),
-    "dpmpp_2m": _I(_DPMPP, "ode", 1, 2, "2M multistep"),
-    "dpmpp_2m_sde": _I(_DPMPP, "sde", 1, 2, "2M SDE, midpoint correction"),
-    "dpmpp_2m_sde_heun": _I(_DPMPP, "sde", 1, 2, "2M SDE, Heun correction"),
-    "dpmpp_3m_sde": _I(_DPMPP, "sde", 1, 3, "3M SDE (globally 2nd order as written)"),
-}
+    # k-diffusion
+    "euler": _I(sample_euler, f"Euler ({_KARRAS})", "ode", 1, 1,
+                "Euler; an SDE with s_churn > 0", "Euler"),
+    "euler_ancestral": _I(sample_euler_ancestral, f"Euler ({_KARRAS})", "ancestral", 1, 1,
+                          "Euler + ancestral noise", "Euler a"),
+    "heun": _I(sample_heun, f"Heun ({_KARRAS})", "ode", 2, 2,
+               "Heun; an SDE with s_churn > 0", "Heun"),
+    "dpm_2": _I(sample_dpm_2, f"DPM-2 ({_KARRAS})", "ode", 2, 2,
+                "log-sigma midpoint; SDE with s_churn", "DPM2", _K,
+                discard_penultimate_sigma=True),
+    "dpm_2_ancestral": _I(sample_dpm_2_ancestral, f"DPM-2 ({_KARRAS})", "ancestral", 2, 2,
+                          "midpoint + ancestral noise", "DPM2 a", _K,
+                          discard_penultimate_sigma=True),
+    "lms": _I(sample_lms, "LMS (k-diffusion)", "ode", 1, 4,
+              "linear multistep in sigma, order 4", "LMS", _K),
+    "dpm_fast": _I(sample_dpm_fast, _DPM, "ode", 3, 3, "fixed NFE n", "DPM fast",
+                   uses_sigma_range=True, steps_as_n=True),
+    "dpm_adaptive": _I(sample_dpm_adaptive, _DPM, "ode", 3, 3, "DPM-Solver-23, adaptive",
+                       "DPM adaptive", uses_sigma_range=True),
+    "dpmpp_2s_ancestral": _I(sample_dpmpp_2s_ancestral, _DPMPP, "ancestral", 2, 2,
+                             "2S + ancestral noise", "DPM++ 2S a", _K),
+    "dpmpp_sde": _I(sample_dpmpp_sde, _DPMPP, "sde", 2, 2,
+                    "stochastic 2nd order, Brownian-tree noise", "DPM++ SDE", _K),
+    "dpmpp_2m": _I(sample_dpmpp_2m, _DPMPP, "ode", 1, 2, "2M multistep", "DPM++ 2M", _K),
+    "dpmpp_2m_sde": _I(sample_dpmpp_2m_sde, _DPMPP, "sde", 1, 2,
+                       "2M SDE, midpoint correction", "DPM++ 2M SDE", _KE),
+    "dpmpp_2m_sde_heun": _I(sample_dpmpp_2m_sde_heun, _DPMPP, "sde", 1, 2,
+                            "2M SDE, Heun correction", "DPM++ 2M SDE Heun", _KE),
+    "dpmpp_3m_sde": _I(sample_dpmpp_3m_sde, _DPMPP, "sde", 1, 3,
+                       "3M SDE (globally 2nd order as written)", "DPM++ 3M SDE", _KE),
+    # beyond k-diffusion (ComfyUI / diffusers names)
+    "ddim": _I(sample_ddim, "DDIM (Song et al. 2020)", "ode", 1, 1, a1111="DDIM"),
+    "ddpm": _I(sample_ddpm, "DDPM (Ho et al. 2020)", "ancestral", 1, 1),
+    "lcm": _I(sample_lcm, "LCM (Luo et al. 2023)", "ancestral", 1, 1, a1111="LCM"),
+    "plms": _I(sample_plms, "PNDM (Liu et al. 2022)", "ode", 1, 4, a1111="PLMS"),
+    "ipndm": _I(sample_ipndm, _IPNDM, "ode", 1, 4),
+    "ipndm_v": _I(sample_ipndm_v, _IPNDM, "ode", 1, 4),
+    "deis": _I(sample_deis, "DEIS (Zhang & Chen 2022)", "ode", 1, 3),
+    "uni_pc": _I(sample_uni_pc, _UNIPC, "ode", 1, 3, a1111="UniPC",
+                 discard_penultimate_sigma=True),
+    "uni_pc_bh2": _I(sample_uni_pc_bh2, _UNIPC, "ode", 1, 3, discard_penultimate_sigma=True),
+}  # fmt: skip
 del _I
 
-
-def _as_info(name: str, info: SamplerInfo | dict) -> SamplerInfo:
-    """Accept a SamplerInfo or extra_registry's dict(family, kind, calls_per_step, order)."""
-    if isinstance(info, SamplerInfo):
-        return info
-    try:
-        calls = info.get("calls_per_step", info.get("model_calls_per_step"))
-        return SamplerInfo(
-            family=info["family"],
-            kind=info["kind"],
-            model_calls_per_step=int(calls),
-            order=int(info["order"]),
-            description=info.get("description", ""),
-        )
-    except (KeyError, TypeError) as err:
-        raise ValueError(f"bad EXTRA_SAMPLER_INFO entry for {name!r}: {info!r}") from err
-
-
-def _merge_extra_samplers() -> None:
-    """Add the samplers beyond k-diffusion (DDIM, DDPM, PLMS, iPNDM, UniPC, DEIS, LCM)."""
-    clash = set(EXTRA_SAMPLERS) & set(SAMPLERS)
-    if clash:
-        raise RuntimeError(f"extra_registry redefines samplers {sorted(clash)}")
-    SAMPLERS.update(EXTRA_SAMPLERS)
-    for name, info in EXTRA_SAMPLER_INFO.items():
-        if name in EXTRA_SAMPLERS:
-            SAMPLER_INFO[name] = _as_info(name, info)
-
-
-_merge_extra_samplers()
+SAMPLERS: dict[str, Callable[..., Tensor]] = {name: i.fn for name, i in SAMPLER_INFO.items()}
 
 
 def _a1111_aliases() -> dict[str, tuple[str, str | None]]:
-    """A1111 (stable-diffusion-webui <= 1.8, still accepted by later versions) display names.
-
-    A name without a schedule suffix leaves the scheduler to the caller (None); "Karras" and
-    "Exponential" name the schedules of ``get_sigmas_karras`` / ``get_sigmas_exponential``.
-    """
-    base = {
-        "Euler a": "euler_ancestral",
-        "Euler": "euler",
-        "LMS": "lms",
-        "Heun": "heun",
-        "DPM2": "dpm_2",
-        "DPM2 a": "dpm_2_ancestral",
-        "DPM++ 2S a": "dpmpp_2s_ancestral",
-        "DPM++ 2M": "dpmpp_2m",
-        "DPM++ SDE": "dpmpp_sde",
-        "DPM++ 2M SDE": "dpmpp_2m_sde",
-        "DPM++ 2M SDE Heun": "dpmpp_2m_sde_heun",
-        "DPM++ 3M SDE": "dpmpp_3m_sde",
-        "DPM fast": "dpm_fast",
-        "DPM adaptive": "dpm_adaptive",
-        "DDIM": "ddim",
-        "PLMS": "plms",
-        "UniPC": "uni_pc",
-        "LCM": "lcm",
-    }
-    aliases: dict[str, tuple[str, str | None]] = {k: (v, None) for k, v in base.items()}
-    karras = ["LMS", "DPM2", "DPM2 a", "DPM++ 2S a", "DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE"]
-    karras += ["DPM++ 2M SDE Heun", "DPM++ 3M SDE"]
-    for name in karras:
-        aliases[f"{name} Karras"] = (base[name], "karras")
-    for name in ["DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 3M SDE"]:
-        aliases[f"{name} Exponential"] = (base[name], "exponential")
+    """A1111 display name -> (sampler, scheduler). A name without a schedule suffix leaves the
+    scheduler to the caller (None); " Karras" / " Exponential" name the schedules of
+    ``get_sigmas_karras`` / ``get_sigmas_exponential``."""
+    aliases: dict[str, tuple[str, str | None]] = {}
+    for name, info in SAMPLER_INFO.items():
+        if info.a1111 is None:
+            continue
+        aliases[info.a1111] = (name, None)
+        for schedule in info.a1111_schedules:
+            aliases[f"{info.a1111} {schedule.capitalize()}"] = (name, schedule)
     return aliases
 
 
@@ -166,21 +195,15 @@ def resolve_sampler(name: str) -> tuple[str, str | None]:
     if key.lower() in SAMPLERS:
         return key.lower(), None
     if key.lower() in _ALIASES_LOWER:
-        sampler, scheduler = _ALIASES_LOWER[key.lower()]
-        if sampler not in SAMPLERS:
-            raise ValueError(f"{name!r} maps to sampler {sampler!r}, which is not available")
-        return sampler, scheduler
+        return _ALIASES_LOWER[key.lower()]
     raise _unknown(name)
 
 
-def get_sampler(name: str) -> Callable:
+def get_sampler(name: str) -> Callable[..., Tensor]:
     """The sampler function for a registry name (or an A1111 name; its scheduler is dropped)."""
     return SAMPLERS[resolve_sampler(name)[0]]
 
 
 def get_sampler_info(name: str) -> SamplerInfo:
     """:class:`SamplerInfo` for a registry name or A1111 name."""
-    sampler = resolve_sampler(name)[0]
-    if sampler not in SAMPLER_INFO:
-        raise ValueError(f"no SamplerInfo recorded for sampler {sampler!r}")
-    return SAMPLER_INFO[sampler]
+    return SAMPLER_INFO[resolve_sampler(name)[0]]
