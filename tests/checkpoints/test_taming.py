@@ -24,8 +24,9 @@ from genmodels.checkpoints.taming import (
 )
 from genmodels.checkpoints.taming_import import import_taming
 from genmodels.cli.main import main
+from genmodels.configs.gpt import GPTConfig
 from genmodels.configs.vqgan import PRESETS, VQConfig
-from genmodels.models.gpt import GPT, GPTConfig
+from genmodels.models.gpt import GPT
 from genmodels.models.gpt_sampling import sample
 from genmodels.models.net2net import make_prefix
 from genmodels.models.permuters import make_permuter

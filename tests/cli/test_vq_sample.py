@@ -1,8 +1,9 @@
-"""Both training loops for a few steps, the checkpoint files, and ``genmodels vq-sample``."""
+"""Both training tasks for a few steps, their run files, and ``genmodels vq-sample``."""
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -12,50 +13,73 @@ import pytest
 import torch
 from PIL import Image
 
+from genmodels.checkpoints.runs import load_transformer, load_vqgan, save_vqgan
 from genmodels.cli import vq_sample
 from genmodels.configs.vqgan import TINY
-from genmodels.models.gpt import GPT, GPTConfig
+from genmodels.data.digits import load_digits_tensor
+from genmodels.models.gpt import GPTConfig
+from genmodels.models.net2net import TransformerMeta, encode_codes, make_cond_image, make_prefix
 from genmodels.models.vqgan import VQModel
-from genmodels.training.transformer_train import (
-    TransformerMeta,
-    TransformerTrainConfig,
-    encode_codes,
-    load_transformer,
-    make_cond_image,
-    make_prefix,
-    sample_images,
-    save_transformer,
-    train_transformer,
-)
-from genmodels.training.vqgan_loss import VQGANLossConfig
-from genmodels.training.vqgan_train import VQGANTrainConfig, load_vqgan, save_vqgan, train_vqgan
+from genmodels.pipelines.vq_transformer import load_cond_stage, sample_images
+from genmodels.training.autoencoder_loss import AutoencoderLossConfig
+from genmodels.training.config import DataConfig
+from genmodels.training.task_configs import GPTSizes, TransformerRunConfig, VQGANRunConfig
+from genmodels.training.transformer import train_transformer
+from genmodels.training.vqgan import train_vqgan
+
+DIGITS_16 = DataConfig(dataset="digits", size=16, batch_size=8)  # 10 classes, 16 px grey
+_GPT_OPTIM = TransformerRunConfig().optim
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    x = torch.rand(24, 1, 16, 16) * 2 - 1
-    labels = torch.arange(24) % 3
-    vq = VQModel(replace(TINY, quantizer="ema", kmeans_init=True, dead_code_steps=1))
-    loss = VQGANLossConfig(
+    out = tmp_path_factory.mktemp("vq")
+    loss = AutoencoderLossConfig(
         disc_start=2, perceptual_weight=0.0, disc_in_channels=1, disc_num_layers=2, disc_ndf=8
     )
-    cfg = VQGANTrainConfig(steps=4, batch_size=8, log_every=2, loss=loss, bf16=True)
-    records = train_vqgan(vq, x, cfg)
-    assert [r["step"] for r in records] == [2, 4]
-    assert "d_loss" not in records[0] and "d_weight" in records[1]  # discriminator from step 2
-    assert all(np.isfinite(r["rec_loss"]) and 0 < r["usage"] <= 1 for r in records)
-    codes = encode_codes(vq, x)
+    cfg = VQGANRunConfig(
+        model=replace(TINY, quantizer="ema", kmeans_init=True, dead_code_steps=1),
+        data=DIGITS_16,
+        loss=loss,
+        precision="bf16",
+        steps=4,
+        log_every=2,
+        out_dir=str(out),
+        device="cpu",
+        progress=False,
+    )
+    assert train_vqgan(cfg) == out
+    records = _rows(out / "log.csv")
+    assert [int(r["step"]) for r in records] == [2, 4]
+    # discriminator from step 2: no GAN terms in the first window, both in the second
+    assert records[0]["d_loss"] == "" and records[0]["d_weight"] == ""
+    assert records[1]["d_loss"] != "" and records[1]["d_weight"] != ""
+    assert all(np.isfinite(float(r["rec_loss"])) and 0 < float(r["usage"]) <= 1 for r in records)
+    codes = encode_codes(load_vqgan(out), load_digits_tensor(16)[0][:24])
     assert codes.shape == (24, 4, 4)
-    gcfg = GPTConfig(vocab_size=TINY.n_embed + 3, block_size=16, n_layer=1, n_head=2, n_embd=32)
-    meta = TransformerMeta(gcfg, TINY.n_embed, 3, (4, 4), permuter="z_curve")
-    gpt = GPT(gcfg)
-    tcfg = TransformerTrainConfig(steps=6, batch_size=8, lr=3e-3, warmup_steps=2, log_every=3)
-    trecords = train_transformer(gpt, meta, codes, labels, tcfg)
-    assert len(trecords) == 2 and trecords[1]["loss"] < np.log(gcfg.vocab_size) + 0.5
-    out = tmp_path_factory.mktemp("vq")
-    save_vqgan(out, vq)
-    save_transformer(out, gpt, meta)
+    tcfg = TransformerRunConfig(
+        model=GPTSizes(n_layer=1, n_head=2, n_embd=32),
+        data=DIGITS_16,
+        optim=replace(_GPT_OPTIM, lr=3e-3, warmup_steps=2),
+        vqgan_dir=str(out),
+        permuter="z_curve",
+        n_classes=10,
+        steps=6,
+        log_every=3,
+        device="cpu",
+        progress=False,
+    )
+    assert train_transformer(tcfg) == out  # written beside the VQGAN (out_dir null)
+    trecords = _rows(out / "transformer_log.csv")
+    vocab = TINY.n_embed + 10
+    assert len(trecords) == 2 and float(trecords[1]["loss"]) < np.log(vocab) + 0.5
+    for name in ("vqgan", "transformer"):
+        assert (out / f"{name}.safetensors").is_file() and (out / f"{name}.json").is_file()
     return out
 
 
@@ -68,7 +92,8 @@ def _run(*argv: str) -> int:
 
 def test_checkpoint_round_trip(ckpt: Path) -> None:
     vq, (gpt, meta) = load_vqgan(ckpt), load_transformer(ckpt)
-    assert meta.permuter == "z_curve" and meta.grid == (4, 4) and meta.n_classes == 3
+    assert meta.permuter == "z_curve" and meta.grid == (4, 4) and meta.n_classes == 10
+    assert (meta.gpt.vocab_size, meta.gpt.block_size) == (TINY.n_embed + 10, 16)
     assert json.loads((ckpt / "vqgan.json").read_text())["config"]["quantizer"] == "ema"
     labels = torch.tensor([0, 2])
     a = sample_images(vq, gpt, meta, labels, 2, seed=5, top_k=8)
@@ -97,10 +122,10 @@ def test_vq_sample_writes_pngs_with_parameters(ckpt: Path, tmp_path: Path) -> No
 
 
 def test_vq_sample_bad_input(ckpt: Path, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="class-conditional: pass --class 0..2"):
+    with pytest.raises(ValueError, match="class-conditional: pass --class 0..9"):
         _run("--ckpt", str(ckpt), "--outdir", str(tmp_path))
-    with pytest.raises(ValueError, match=r"class labels must lie in \[0, 3\)"):
-        _run("--ckpt", str(ckpt), "--class", "3", "--outdir", str(tmp_path))
+    with pytest.raises(ValueError, match=r"class labels must lie in \[0, 10\)"):
+        _run("--ckpt", str(ckpt), "--class", "10", "--outdir", str(tmp_path))
     with pytest.raises(ValueError, match="not a VQGAN checkpoint directory"):
         _run("--ckpt", str(tmp_path / "missing"), "--class", "0")
     with pytest.raises(ValueError, match="not image-conditional: --cond-image"):
@@ -160,11 +185,11 @@ def test_make_cond_image_by_hand() -> None:
         make_cond_image(x, "depth", 2)
 
 
-def test_image_conditional_training_and_sampling() -> None:
+def test_image_conditional_training_and_sampling(tmp_path: Path) -> None:
     torch.manual_seed(0)
     x = torch.rand(16, 1, 16, 16) * 2 - 1
     vq = VQModel(TINY).eval()
-    codes = encode_codes(vq, x)
+    vq_dir = save_vqgan(tmp_path / "vq", vq)  # an untrained first stage is enough here
     cond_codes = encode_codes(vq, make_cond_image(x, "lowres", 8))  # (16, 2, 2)
     n = TINY.n_embed
     gcfg = GPTConfig(vocab_size=2 * n, block_size=4 + 16 - 1, n_layer=1, n_head=2, n_embd=16)
@@ -176,9 +201,23 @@ def test_image_conditional_training_and_sampling() -> None:
     assert torch.equal(make_prefix(meta, None, 2, cond_codes[:2]), cond_codes[:2].view(2, 4) + n)
     with pytest.raises(ValueError, match=r"needs cond codes \(2, 2, 2\)"):
         make_prefix(meta, None, 2)
-    gpt = GPT(gcfg)
-    tcfg = TransformerTrainConfig(steps=2, batch_size=4, warmup_steps=1, log_every=2)
-    assert len(train_transformer(gpt, meta, codes, None, tcfg, cond_codes=cond_codes)) == 1
+    tcfg = TransformerRunConfig(
+        model=GPTSizes(n_layer=1, n_head=2, n_embd=16),
+        data=replace(DIGITS_16, batch_size=4),
+        optim=replace(_GPT_OPTIM, warmup_steps=1),
+        vqgan_dir=str(vq_dir),
+        n_classes=0,
+        cond_image="lowres",  # 8 px copies of the 16 px digits, encoded by the first stage
+        steps=2,
+        log_every=2,
+        device="cpu",
+        progress=False,
+    )
+    assert train_transformer(tcfg) == vq_dir
+    assert len(_rows(vq_dir / "transformer_log.csv")) == 1
+    gpt, trained = load_transformer(vq_dir)
+    assert trained == meta  # the token layout the task derived is the one above
+    assert load_cond_stage(vq_dir, trained, vq) is vq  # the first stage encodes the condition
     a = sample_images(vq, gpt, meta, None, 2, seed=3, cond_images=x[:2])
     b = sample_images(vq, gpt, meta, None, 1, seed=4, cond_images=x[1:2])
     assert a.shape == (2, 1, 16, 16)

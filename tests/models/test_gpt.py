@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from genmodels.checkpoints.taming import gpt_config_from_state_dict, load_taming_gpt
+from genmodels.configs.gpt import GPTConfig
 from genmodels.models.gpt import (
     GPT,
-    GPTConfig,
     class_prefix,
     corrupt_tokens,
     next_token_loss,

@@ -92,7 +92,9 @@ def test_run_writes_its_files_and_reduces_the_reconstruction_loss(trained: Path)
                 "manifest.json"} <= files  # fmt: skip
 
     summary = json.loads((trained / "summary.json").read_text())
-    assert summary["steps"] == 30 and summary["final"]["step"] == 30
+    assert summary["steps"] == 30 and summary["final"]["rec_loss"] == pytest.approx(
+        float(rows[-1]["rec_loss"])
+    )  # the last log record
     vae = load_vae(trained / VAE_FILE)
     assert vae.config == replace(cfg.model, scale_factor=summary["scale_factor"])
     final = load_file(trained / "checkpoints" / "step-00000030" / "model.safetensors")
@@ -115,6 +117,11 @@ def test_run_writes_its_files_and_reduces_the_reconstruction_loss(trained: Path)
             return float((model(images, sample_posterior=False)[0] - images).abs().mean())
 
     assert l1(vae) < 0.7 * l1(untrained)
+
+
+def test_summary_names_the_step_of_its_final_record(trained: Path) -> None:
+    summary = json.loads((trained / "summary.json").read_text())
+    assert summary["final"]["step"] == 30
 
 
 def test_written_vae_is_the_frozen_vae_of_latent_training(trained: Path, tmp_path: Path) -> None:
@@ -221,7 +228,7 @@ def test_resume_from_a_checkpoint_equals_the_uninterrupted_run(tmp_path: Path) -
         ("train.steps=3", "train.steps: this key moved .*; use steps"),
         ("train.batch_size=8", "train.batch_size: this key moved .*; use data.batch_size"),
         ("train.kl_weight=1e-6", "train.kl_weight: this key moved .*; use regularizer.weight"),
-        ("train.loss.disc_start=3", "train.loss: this key moved .*; use loss"),
+        ("train.loss.disc_start=3", "train.loss.disc_start: this key moved .*; use loss.disc_start"),
     ],
 )
 def test_bad_keys_and_values_name_the_key(override: str, message: str) -> None:

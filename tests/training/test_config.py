@@ -155,11 +155,11 @@ def test_model_from_a_unet_preset(tmp_path):
         ("autoencoder", "train.betas=[0.5, 0.9]", "train.betas", "optim.betas"),
         ("autoencoder", "train.disc_lr=2", "train.disc_lr", "optim.disc_lr"),
         ("autoencoder", "train.bf16=true", "train.bf16", "precision"),
-        ("autoencoder", "train.loss.disc_start=2", "train.loss", "loss"),
+        ("autoencoder", "train.loss.disc_start=2", "train.loss.disc_start", "loss.disc_start"),
         ("vqgan", "train.loss.codebook_weight=2", "train.loss.codebook_weight",
          "regularizer.weight"),
         ("vqgan", "loss.codebook_weight=2", "loss.codebook_weight", "regularizer.weight"),
-        ("transformer", "gpt.n_layer=2", "gpt", "model"),
+        ("transformer", "gpt.n_layer=2", "gpt.n_layer", "model.n_layer"),
     ],
 )  # fmt: skip
 def test_keys_of_the_old_layouts_name_the_new_key(tmp_path, task, old, named, new):

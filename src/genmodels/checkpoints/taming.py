@@ -36,8 +36,9 @@ from torch import Tensor
 
 from genmodels.checkpoints.io import CheckpointError, StateDict, load_state_dict
 from genmodels.checkpoints.strict import load_strict
+from genmodels.configs.gpt import GPTConfig
 from genmodels.configs.vqgan import VQConfig
-from genmodels.models.gpt import GPT, GPTConfig
+from genmodels.models.gpt import GPT
 from genmodels.models.vqgan import VQModel
 
 __all__ = [

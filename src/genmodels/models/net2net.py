@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .gpt import GPTConfig, class_prefix, sos_prefix
+from genmodels.configs.gpt import GPTConfig
+
+from .gpt import class_prefix, sos_prefix
 from .vqgan import VQModel
 
 __all__ = ["COND_IMAGES", "TransformerMeta", "encode_codes", "make_cond_image", "make_prefix"]

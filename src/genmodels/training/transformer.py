@@ -25,7 +25,8 @@ from torch import Tensor
 
 from genmodels.checkpoints.atomic import write_atomic
 from genmodels.checkpoints.runs import load_vqgan, save_transformer, save_vqgan
-from genmodels.models.gpt import GPT, GPTConfig, next_token_loss
+from genmodels.configs.gpt import GPTConfig
+from genmodels.models.gpt import GPT, next_token_loss
 from genmodels.models.net2net import TransformerMeta, encode_codes, make_cond_image, make_prefix
 from genmodels.models.permuters import make_permuter
 from genmodels.models.vqgan import VQModel

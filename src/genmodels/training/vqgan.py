@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from genmodels.checkpoints.runs import save_vqgan
+from genmodels.models.quantize import codebook_usage as codebook_usage_of
 from genmodels.models.quantize_gumbel import (
     GumbelQuantize,
     cosine_temperature,
@@ -64,7 +65,7 @@ def codebook_usage(sums: dict[str, Any], count: int) -> dict[str, float]:
     if counts is None or not int(counts.sum()):
         return {}
     p = counts.float() / counts.sum()
-    return {"usage": float((counts > 0).float().mean()),
+    return {"usage": float(codebook_usage_of(counts)),
             "perplexity": float(torch.exp(-(p * torch.log(p + 1e-10)).sum()))}  # fmt: skip
 
 
@@ -149,7 +150,7 @@ def train_vqgan(
 
 def _write_vqgan(model: VQModel, dataset: Any, cfg: VQGANRunConfig, run: Run) -> None:
     psnr, counts = reconstruct_psnr(model, all_images(dataset))
-    usage = float((counts > 0).float().mean())
+    usage = float(codebook_usage_of(counts))
     print(f"vqgan: PSNR {psnr:.2f} dB, codebook usage {usage:.1%} of {len(counts)} codes")
     extra = {"psnr_db": psnr, "usage": usage, "steps": cfg.steps, "final": run.last_record}
     save_vqgan(run.out_dir, model.cpu(), extra=extra)
