@@ -221,14 +221,20 @@ def test_resume_from_a_checkpoint_equals_the_uninterrupted_run(tmp_path: Path) -
         ("regularizer.weight=-1", "regularizer.weight must be >= 0"),
         ("regularizer.kind=vq", "regularizer.kind: the autoencoder task trains a KL"),
         ("optim.grad_accum=2", "optim.grad_accum must be 1 for the GAN autoencoder tasks"),
-        ("loss.disc_in_channels=3", r"loss.disc_in_channels=3 must equal the images' channels \(1\)"),
+        (
+            "loss.disc_in_channels=3",
+            r"loss.disc_in_channels=3 must equal the images' channels \(1\)",
+        ),
         ("grid_images=0", "grid_images must be >= 1"),
         # keys of the autoencoder layout before the one layout of every task: the new key named
         ("train.lr=1", "train.lr: this key moved .*; use optim.lr"),
         ("train.steps=3", "train.steps: this key moved .*; use steps"),
         ("train.batch_size=8", "train.batch_size: this key moved .*; use data.batch_size"),
         ("train.kl_weight=1e-6", "train.kl_weight: this key moved .*; use regularizer.weight"),
-        ("train.loss.disc_start=3", "train.loss.disc_start: this key moved .*; use loss.disc_start"),
+        (
+            "train.loss.disc_start=3",
+            "train.loss.disc_start: this key moved .*; use loss.disc_start",
+        ),
     ],
 )
 def test_bad_keys_and_values_name_the_key(override: str, message: str) -> None:
@@ -301,7 +307,9 @@ def test_run_config_defaults_are_consistent() -> None:
     assert build_config("autoencoder") == cfg
     rgb = build_config("autoencoder", {"model": "tiny", "data": {"dataset": "emoji", "size": 32}})
     assert rgb.model.in_channels == 3 and rgb.loss.disc_in_channels is None
-    assert build_config("autoencoder", rgb_yaml := {"model": "tiny", "loss": {
-        "disc_in_channels": 3}}).loss.disc_in_channels == 3  # fmt: skip
-    with pytest.raises(ValueError, match=r"disc_in_channels=1 must equal the images' channels \(3\)"):
+    rgb_yaml = {"model": "tiny", "loss": {"disc_in_channels": 3}}
+    assert build_config("autoencoder", rgb_yaml).loss.disc_in_channels == 3
+    with pytest.raises(
+        ValueError, match=r"disc_in_channels=1 must equal the images' channels \(3\)"
+    ):
         build_config("autoencoder", rgb_yaml, ["loss.disc_in_channels=1"])

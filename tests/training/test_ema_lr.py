@@ -142,7 +142,9 @@ def test_lambda_linear_cycles_match_ldm():
     # from YAML: a list of mappings, keys checked
     # (the shared optim section: the same in every task's config)
     for task in ("diffusion", "autoencoder"):
-        loaded = build_config(task, None, ["optim.lambda_cycles=[{warmup_steps: 3, cycle_length: 10}]"])
+        loaded = build_config(
+            task, None, ["optim.lambda_cycles=[{warmup_steps: 3, cycle_length: 10}]"]
+        )
         assert loaded.optim.lambda_cycles == (LambdaCycle(3, 10),)
         with pytest.raises(ValueError, match=r"optim.lambda_cycles\[0\].cycle_lenght: unknown key"):
             build_config(task, None, ["optim.lambda_cycles=[{warmup_steps: 3, cycle_lenght: 10}]"])

@@ -123,7 +123,10 @@ def test_load_frozen_vae_genmodels_and_ldm_checkpoints(tmp_path):
     x3 = torch.rand(1, 3, 16, 16) * 2 - 1
     with torch.no_grad():
         torch.testing.assert_close(encode(ldm, x3), 0.5 * tiny.encode(x3).mode())
-    with pytest.raises(ValueError, match=r"latent.vae_path: .*ldm.safetensors \(for the vae preset 'small'\) does not match"):
+    with pytest.raises(
+        ValueError,
+        match=r"latent.vae_path: .*ldm.safetensors \(for the vae preset 'small'\) does not match",
+    ):
         load_frozen_vae(replace(cfg, vae_preset="small"))
     with pytest.raises(ValueError, match="latent.vae_path"):
         load_frozen_vae(LatentConfig(enabled=True))

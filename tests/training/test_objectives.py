@@ -92,8 +92,13 @@ def test_rows_of_a_global_batch_equal_the_whole():
         whole = loss_fn(denoiser, x[:8], {"y": y[:8]}, sigma=sigma, noise=noise)
         parts = torch.cat(
             [
-                loss_fn(denoiser, x[i : i + 4], {"y": y[i : i + 4]}, sigma=sigma[i : i + 4],
-                        noise=noise[i : i + 4])  # fmt: skip
+                loss_fn(
+                    denoiser,
+                    x[i : i + 4],
+                    {"y": y[i : i + 4]},
+                    sigma=sigma[i : i + 4],
+                    noise=noise[i : i + 4],
+                )
                 for i in (0, 4)
             ]
         )
