@@ -44,7 +44,12 @@ def read_checkpoint(
             raise CheckpointError(f"{path}: a folder but not a diffusers model folder")
         return read_diffusers_folder(path, prediction)
     sd = load_state_dict(path)
-    return sd, detect_checkpoint(sd, read_metadata(path), prediction)
+    try:
+        return sd, detect_checkpoint(sd, read_metadata(path), prediction)
+    except CheckpointError as exc:  # name the file (detection only sees tensors)
+        if str(path) in str(exc):
+            raise
+        raise CheckpointError(f"{path}: {exc}") from exc
 
 
 def save_checkpoint(sd: StateDict, spec: ModelSpec, path: str | os.PathLike) -> None:

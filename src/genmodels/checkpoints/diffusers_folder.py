@@ -11,8 +11,10 @@ diffusers ignores, so LDM -> diffusers -> LDM is lossless.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor
 
@@ -22,6 +24,11 @@ from genmodels.checkpoints.components import (
     Components,
     join_checkpoint,
     split_checkpoint,
+)
+from genmodels.checkpoints.config_checks import (
+    check_diffusers_unet,
+    check_diffusers_vae,
+    check_hf_text,
 )
 from genmodels.checkpoints.detect import ModelSpec, check_prediction, text_config_for
 from genmodels.checkpoints.diffusers_configs import (
@@ -159,6 +166,27 @@ def _hf_text_keys(sd: StateDict) -> StateDict:
     }
 
 
+def _component(
+    folder: Path,
+    check: Callable[[dict, StateDict, str], None],
+    rename: Callable[[StateDict], StateDict] = dict,
+) -> tuple[dict, StateDict]:
+    """(config.json, weights) of one component, the config checked against the weights."""
+    config = read_json(folder / "config.json")
+    sd = rename(find_component_weights(folder))
+    check(config, sd, str(folder / "config.json"))
+    return config, sd
+
+
+def _config(build: Callable[[dict], object], folder: Path, data: dict) -> Any:
+    try:
+        return build(data)
+    except ValueError as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        raise CheckpointError(f"{folder / 'config.json'}: {exc}") from exc
+
+
 def read_diffusers_folder(
     root: str | Path, prediction: str | None = None
 ) -> tuple[StateDict, ModelSpec]:
@@ -169,18 +197,23 @@ def read_diffusers_folder(
         raise CheckpointError(f"{root}: not a diffusers folder (no model_index.json or unet/)")
     check_complete(root)
     family = _family(root)
-    unet_cfg = unet_config_from_diffusers(read_json(root / "unet" / "config.json"))
-    parts = Components(unet=diffusers_to_ldm_unet(find_component_weights(root / "unet"), unet_cfg))
+    # Each config.json is checked against its weights before it sizes anything (a crafted
+    # layers_per_block=100000 would otherwise build 100000 blocks): config_checks.
+    unet_json, unet_sd = _component(root / "unet", check_diffusers_unet)
+    unet_cfg = _config(unet_config_from_diffusers, root / "unet", unet_json)
+    parts = Components(unet=diffusers_to_ldm_unet(unet_sd, unet_cfg))
     vae_cfg = None
     if (root / "vae").is_dir():
-        vae_cfg = vae_config_from_diffusers(read_json(root / "vae" / "config.json"), family)
-        parts.vae = diffusers_vae_to_ldm(find_component_weights(root / "vae"))
+        vae_json, vae_sd = _component(root / "vae", check_diffusers_vae)
+        vae_cfg = vae_config_from_diffusers(vae_json, family)
+        parts.vae = diffusers_vae_to_ldm(vae_sd)
     texts = []
     for name in _TEXT_FOLDERS[family]:
         if not (root / name).is_dir():
             break
-        texts.append(read_json(root / name / "config.json"))
-        parts.text.append(_hf_text_keys(find_component_weights(root / name)))
+        text_json, text_sd = _component(root / name, check_hf_text, _hf_text_keys)
+        texts.append(text_json)
+        parts.text.append(text_sd)
     if len(texts) < len(_TEXT_FOLDERS[family]):
         parts.text, texts = [], []
     if (root / EXTRA_FILE).is_file():
