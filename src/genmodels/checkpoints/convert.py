@@ -22,6 +22,7 @@ from genmodels.checkpoints.diffusers_folder import (
     write_diffusers_folder,
 )
 from genmodels.checkpoints.io import (
+    SAFETENSORS_SUFFIXES,
     CheckpointError,
     load_state_dict,
     read_metadata,
@@ -43,7 +44,12 @@ def read_checkpoint(
             raise CheckpointError(f"{path}: a folder but not a diffusers model folder")
         return read_diffusers_folder(path, prediction)
     sd = load_state_dict(path)
-    return sd, detect_checkpoint(sd, read_metadata(path), prediction)
+    try:
+        return sd, detect_checkpoint(sd, read_metadata(path), prediction)
+    except CheckpointError as exc:  # name the file (detection only sees tensors)
+        if str(path) in str(exc):
+            raise
+        raise CheckpointError(f"{path}: {exc}") from exc
 
 
 def save_checkpoint(sd: StateDict, spec: ModelSpec, path: str | os.PathLike) -> None:
@@ -56,23 +62,46 @@ def save_checkpoint(sd: StateDict, spec: ModelSpec, path: str | os.PathLike) -> 
     save_state_dict(sd, path, meta)
 
 
+def check_destination(
+    src: Path, dst: Path, to: Literal["safetensors", "diffusers"], overwrite: bool = False
+) -> None:
+    """Refuse a destination that would lose data or mislabel the output, before any reading:
+    the source itself, an existing file without ``overwrite``, a folder for a file target, and a
+    file name whose suffix is not the target format (safetensors under ``.ckpt`` would be read
+    back as a pickle)."""
+    if to not in TARGETS:
+        raise ValueError(f"unknown target format {to!r}; valid: {list(TARGETS)}")
+    if dst.exists() and dst.resolve() == src.resolve():
+        raise ValueError(f"{dst}: destination is the source; refusing to overwrite it")
+    if to == "diffusers":
+        if dst.exists() and not dst.is_dir():
+            raise ValueError(f"{dst}: exists and is not a folder; a diffusers model is a folder")
+        return  # a non-empty folder is checked by write_diffusers_folder
+    if dst.suffix.lower() not in SAFETENSORS_SUFFIXES:
+        raise ValueError(
+            f"{dst}: a safetensors file needs a {' or '.join(SAFETENSORS_SUFFIXES)} name "
+            f"(got {dst.suffix or 'no suffix'!r}); e.g. {dst.with_suffix('.safetensors')}"
+        )
+    if dst.is_dir():
+        raise ValueError(f"{dst}: is a folder; give a .safetensors file name")
+    if dst.exists() and not overwrite:
+        raise ValueError(f"{dst}: file exists; pass --overwrite (overwrite=True) to replace it")
+
+
 def convert_checkpoint(
     src: str | os.PathLike,
     dst: str | os.PathLike,
     to: Literal["safetensors", "diffusers"],
     prediction: str | None = None,
+    overwrite: bool = False,
 ) -> ModelSpec:
-    """Convert ``src`` (single file or diffusers folder) to ``dst``. The source is only read."""
-    if to not in TARGETS:
-        raise ValueError(f"unknown target format {to!r}; valid: {list(TARGETS)}")
+    """Convert ``src`` (single file or diffusers folder) to ``dst``. The source is only read;
+    an existing ``dst`` is replaced only with ``overwrite`` (see ``check_destination``)."""
     src, dst = Path(src), Path(dst)
-    if dst.exists() and dst.resolve() == src.resolve():
-        raise ValueError(f"{dst}: destination is the source; refusing to overwrite it")
+    check_destination(src, dst, to, overwrite)
     sd, spec = read_checkpoint(src, prediction)
     if to == "diffusers":
-        write_diffusers_folder(sd, spec, dst)
+        write_diffusers_folder(sd, spec, dst, overwrite=overwrite)
     else:
-        if dst.is_dir():
-            raise ValueError(f"{dst}: is a folder; give a .safetensors file name")
         save_checkpoint(sd, spec, dst)
     return spec

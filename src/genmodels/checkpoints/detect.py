@@ -26,6 +26,11 @@ from genmodels.checkpoints.components import (
     has_ema,
     split_checkpoint,
 )
+from genmodels.checkpoints.config_checks import (
+    check_text_config,
+    check_unet_config,
+    check_vae_config,
+)
 from genmodels.checkpoints.infer import (
     infer_text_config,
     infer_unet_config,
@@ -189,6 +194,21 @@ def check_prediction(prediction: str | None) -> None:
         raise ValueError(f"prediction must be one of {PREDICTIONS} or None, got {prediction!r}")
 
 
+def _check_record(sd: Mapping[str, Tensor], record: dict) -> None:
+    """genmodels metadata configs against the tensors, before anything is built from them."""
+    family = record["family"]
+    if family not in FAMILY_NAMES:
+        raise CheckpointError(f"genmodels metadata: unknown family {family!r}")
+    parts = split_checkpoint(sd, family)
+    check_unet_config(record["unet"], parts.unet, "genmodels metadata (unet)")
+    if parts.vae:
+        check_vae_config(record["vae"], parts.vae, "genmodels metadata (vae)")
+    embedders = record["text"].embedders
+    if all(parts.text) and len(embedders) == len(parts.text):
+        for i, (emb, text) in enumerate(zip(embedders, parts.text)):
+            check_text_config(emb.text, text, f"genmodels metadata (text.embedders[{i}].text)")
+
+
 def detect_checkpoint(
     sd: Mapping[str, Tensor],
     metadata: Mapping[str, str] | None = None,
@@ -198,6 +218,7 @@ def detect_checkpoint(
     check_prediction(prediction)
     record = decode_metadata(dict(metadata or {}))
     if record is not None:
+        _check_record(sd, record)
         pred = prediction or record["prediction"]
         return ModelSpec(
             record["family"], record["unet"], record["vae"], record["text"], pred,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from genmodels.checkpoints.config_checks import CLIP_LIMITS, DIFFUSERS_VAE_LIMITS, check_bounds
 from genmodels.checkpoints.io import CheckpointError
 from genmodels.configs.autoencoder import PRESETS as VAE_PRESETS
 from genmodels.configs.autoencoder import AutoencoderConfig
@@ -112,7 +113,9 @@ def vae_config_to_diffusers(cfg: AutoencoderConfig) -> dict[str, Any]:
 
 
 def vae_config_from_diffusers(data: dict[str, Any], family: str) -> AutoencoderConfig:
-    """AutoencoderConfig of a diffusers ``AutoencoderKL`` config dict."""
+    """AutoencoderConfig of a diffusers ``AutoencoderKL`` config dict (its sizes bounded; the
+    comparison with the weights is ``config_checks.check_diffusers_vae``)."""
+    check_bounds(data, DIFFUSERS_VAE_LIMITS, "diffusers VAE config")
     boc = list(data.get("block_out_channels", (64,)))
     ch = boc[0]
     if any(w % ch for w in boc):
@@ -166,6 +169,7 @@ def text_config_to_hf(cfg: CLIPTextConfig, with_projection: bool) -> dict[str, A
 def text_config_from_hf(data: dict[str, Any], has_projection: bool) -> CLIPTextConfig:
     """CLIPTextConfig of a transformers config dict (projection only if its weight exists)."""
     act = data.get("hidden_act", "quick_gelu")
+    check_bounds(data, CLIP_LIMITS, "text encoder config.json")
     try:
         return CLIPTextConfig(
             vocab_size=data.get("vocab_size", 49408),

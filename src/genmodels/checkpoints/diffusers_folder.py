@@ -11,16 +11,24 @@ diffusers ignores, so LDM -> diffusers -> LDM is lossless.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor
 
+from genmodels.checkpoints.atomic import write_folder_atomic
 from genmodels.checkpoints.components import (
     TEXT_PREFIXES,
     Components,
     join_checkpoint,
     split_checkpoint,
+)
+from genmodels.checkpoints.config_checks import (
+    check_diffusers_unet,
+    check_diffusers_vae,
+    check_hf_text,
 )
 from genmodels.checkpoints.detect import ModelSpec, check_prediction, text_config_for
 from genmodels.checkpoints.diffusers_configs import (
@@ -51,6 +59,7 @@ from genmodels.models.text.tokenizer import build_vocab, load_merges
 StateDict = dict[str, Tensor]
 EXTRA_FILE = "genmodels_extra.safetensors"
 _WEIGHT_NAMES = ("diffusion_pytorch_model", "model")
+_MODEL_FOLDERS = ("unet", "vae")
 _PIPELINE_CLASS = {
     "sd1": "StableDiffusionPipeline",
     "sd2": "StableDiffusionPipeline",
@@ -70,22 +79,67 @@ def is_diffusers_folder(path: Path) -> bool:
     return path.is_dir() and ((path / "model_index.json").is_file() or (path / "unet").is_dir())
 
 
-def find_component_weights(folder: Path) -> StateDict:
-    """The tensors of one component folder (safetensors preferred; fp16 variants; shards)."""
+def component_weights_file(folder: Path) -> Path | None:
+    """The weights file (or shard index) of one component folder, in diffusers' order of
+    preference (safetensors first; fp16 variants; ``*.index.json`` for sharded weights)."""
     for stem in _WEIGHT_NAMES:
         for variant in ("", ".fp16"):
             for ext in (".safetensors", ".bin"):
-                path = folder / f"{stem}{variant}{ext}"
-                if path.is_file():
-                    return load_state_dict(path)
-                index = folder / f"{stem}{variant}{ext}.index.json"
-                if index.is_file():
-                    shards = sorted(set(read_json(index).get("weight_map", {}).values()))
-                    out: StateDict = {}
-                    for shard in shards:
-                        out.update(load_state_dict(folder / shard))
-                    return out
-    raise CheckpointError(f"{folder}: no weights file (diffusion_pytorch_model / model)")
+                for name in (f"{stem}{variant}{ext}", f"{stem}{variant}{ext}.index.json"):
+                    if (folder / name).is_file():
+                        return folder / name
+    return None
+
+
+def find_component_weights(folder: Path) -> StateDict:
+    """The tensors of one component folder (safetensors preferred; fp16 variants; shards)."""
+    path = component_weights_file(folder)
+    if path is None:
+        raise CheckpointError(f"{folder}: no weights file (diffusion_pytorch_model / model)")
+    if not path.name.endswith(".index.json"):
+        return load_state_dict(path)
+    shards = sorted(set(read_json(path).get("weight_map", {}).values()))
+    out: StateDict = {}
+    for shard in shards:
+        out.update(load_state_dict(folder / shard))
+    return out
+
+
+def missing_parts(root: Path) -> list[str]:
+    """What a diffusers folder lacks to be a complete model (relative paths), as diffusers'
+    ``DiffusionPipeline.from_pretrained`` needs it: ``model_index.json``, and for every
+    component it names, the folder with its config and, for models, its weights."""
+    if not (root / "model_index.json").is_file():
+        return ["model_index.json"]
+    index = read_json(root / "model_index.json")
+    named = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list)
+             and len(v) == 2 and v[0] is not None]  # fmt: skip
+    missing = []
+    for name in dict.fromkeys(["unet", *named]):
+        folder = root / name
+        if not folder.is_dir():
+            missing.append(f"{name}/")
+        elif name in _MODEL_FOLDERS or name.startswith("text_encoder"):
+            if not (folder / "config.json").is_file():
+                missing.append(f"{name}/config.json")
+            if component_weights_file(folder) is None:
+                missing.append(f"{name}/ weights (diffusion_pytorch_model.* / model.*)")
+        elif name == "scheduler" and not (folder / "scheduler_config.json").is_file():
+            missing.append("scheduler/scheduler_config.json")
+        elif name.startswith("tokenizer") and not any(folder.iterdir()):
+            missing.append(f"{name}/ files")
+    return missing
+
+
+def check_complete(root: Path) -> None:
+    """Refuse a partial diffusers folder (an interrupted download or conversion), naming what
+    is missing."""
+    missing = missing_parts(root)
+    if missing:
+        raise CheckpointError(
+            f"{root}: incomplete diffusers folder (an interrupted conversion or download?): "
+            f"missing {', '.join(missing)}"
+        )
 
 
 def _family(root: Path) -> str:
@@ -112,6 +166,27 @@ def _hf_text_keys(sd: StateDict) -> StateDict:
     }
 
 
+def _component(
+    folder: Path,
+    check: Callable[[dict, StateDict, str], None],
+    rename: Callable[[StateDict], StateDict] = dict,
+) -> tuple[dict, StateDict]:
+    """(config.json, weights) of one component, the config checked against the weights."""
+    config = read_json(folder / "config.json")
+    sd = rename(find_component_weights(folder))
+    check(config, sd, str(folder / "config.json"))
+    return config, sd
+
+
+def _config(build: Callable[[dict], object], folder: Path, data: dict) -> Any:
+    try:
+        return build(data)
+    except ValueError as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        raise CheckpointError(f"{folder / 'config.json'}: {exc}") from exc
+
+
 def read_diffusers_folder(
     root: str | Path, prediction: str | None = None
 ) -> tuple[StateDict, ModelSpec]:
@@ -120,19 +195,25 @@ def read_diffusers_folder(
     check_prediction(prediction)
     if not is_diffusers_folder(root):
         raise CheckpointError(f"{root}: not a diffusers folder (no model_index.json or unet/)")
+    check_complete(root)
     family = _family(root)
-    unet_cfg = unet_config_from_diffusers(read_json(root / "unet" / "config.json"))
-    parts = Components(unet=diffusers_to_ldm_unet(find_component_weights(root / "unet"), unet_cfg))
+    # Each config.json is checked against its weights before it sizes anything (a crafted
+    # layers_per_block=100000 would otherwise build 100000 blocks): config_checks.
+    unet_json, unet_sd = _component(root / "unet", check_diffusers_unet)
+    unet_cfg = _config(unet_config_from_diffusers, root / "unet", unet_json)
+    parts = Components(unet=diffusers_to_ldm_unet(unet_sd, unet_cfg))
     vae_cfg = None
     if (root / "vae").is_dir():
-        vae_cfg = vae_config_from_diffusers(read_json(root / "vae" / "config.json"), family)
-        parts.vae = diffusers_vae_to_ldm(find_component_weights(root / "vae"))
+        vae_json, vae_sd = _component(root / "vae", check_diffusers_vae)
+        vae_cfg = vae_config_from_diffusers(vae_json, family)
+        parts.vae = diffusers_vae_to_ldm(vae_sd)
     texts = []
     for name in _TEXT_FOLDERS[family]:
         if not (root / name).is_dir():
             break
-        texts.append(read_json(root / name / "config.json"))
-        parts.text.append(_hf_text_keys(find_component_weights(root / name)))
+        text_json, text_sd = _component(root / name, check_hf_text, _hf_text_keys)
+        texts.append(text_json)
+        parts.text.append(text_sd)
     if len(texts) < len(_TEXT_FOLDERS[family]):
         parts.text, texts = [], []
     if (root / EXTRA_FILE).is_file():
@@ -176,11 +257,33 @@ def _write_tokenizer(folder: Path, pad_token_id: int) -> None:
     })  # fmt: skip
 
 
-def write_diffusers_folder(sd: dict[str, Tensor], spec: ModelSpec, root: str | Path) -> None:
-    """Write an LDM/sgm state dict (full keys) with its ModelSpec as a diffusers folder."""
+def write_diffusers_folder(
+    sd: dict[str, Tensor], spec: ModelSpec, root: str | Path, overwrite: bool = False
+) -> None:
+    """Write an LDM/sgm state dict (full keys) with its ModelSpec as a diffusers folder.
+
+    The folder is written under a hidden temporary name and renamed to ``root`` only when
+    complete (``atomic.write_folder_atomic``). ``root`` must be missing or empty; with
+    ``overwrite`` an existing diffusers model folder is replaced (any other folder is refused).
+    """
     root = Path(root)
-    if root.exists() and any(root.iterdir()):
-        raise ValueError(f"{root}: destination folder exists and is not empty")
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{root}: exists and is not a folder; give a folder name")
+    if root.is_dir() and any(root.iterdir()):
+        if not overwrite:
+            raise ValueError(
+                f"{root}: destination folder exists and is not empty (--overwrite replaces a "
+                "diffusers model folder)"
+            )
+        if not is_diffusers_folder(root):
+            raise ValueError(
+                f"{root}: not a diffusers model folder (no model_index.json or unet/); "
+                "refusing to replace it even with --overwrite"
+            )
+    write_folder_atomic(root, lambda tmp: _write_folder(sd, spec, tmp), replace=overwrite)
+
+
+def _write_folder(sd: dict[str, Tensor], spec: ModelSpec, root: Path) -> None:
     parts = split_checkpoint(sd, spec.family)
     index: dict[str, object] = {
         "_class_name": _PIPELINE_CLASS[spec.family],

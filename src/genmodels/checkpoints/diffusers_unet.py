@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import Tensor
 
+from genmodels.checkpoints.config_checks import DIFFUSERS_UNET_LIMITS, check_bounds
 from genmodels.configs.unet import UNetConfig
 
 # (LDM name, diffusers name) inside a ResBlock.
@@ -153,6 +154,7 @@ def unet_config_from_diffusers(cfg: Mapping[str, Any]) -> UNetConfig:
 
     ``prediction_type`` lives in the scheduler config in diffusers and is left at ``"eps"``.
     """
+    check_bounds(cfg, DIFFUSERS_UNET_LIMITS, "diffusers config")
     for key, supported in _UNSUPPORTED.items():
         if key in cfg and cfg[key] != supported:
             raise ValueError(

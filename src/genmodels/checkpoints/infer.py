@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import Tensor
 
+from genmodels.checkpoints.config_checks import MAX_VOCAB, MAX_WIDTH, check_bound, count_indices
 from genmodels.checkpoints.io import CheckpointError
 from genmodels.configs.autoencoder import PRESETS as VAE_PRESETS
 from genmodels.configs.autoencoder import AutoencoderConfig
@@ -31,16 +32,21 @@ _UNET_RUNTIME = ("dropout", "use_checkpoint", "conv_resample", "resblock_updown"
 
 
 def _require(sd: StateDict, key: str, what: str) -> Tensor:
+    """A tensor whose shape sizes the model: present, with no empty dimension (a zero-byte
+    tensor of shape (10**6, 0, 3, 3) would otherwise declare a million channels for free) and
+    no dimension above ``MAX_WIDTH * 4``."""
     if key not in sd:
         raise CheckpointError(f"{what}: expected tensor {key!r} is missing")
+    shape = tuple(sd[key].shape)
+    if 0 in shape or any(n > MAX_VOCAB for n in shape):
+        raise CheckpointError(f"{what}: tensor {key!r} has an implausible shape {shape}")
     return sd[key]
 
 
-def _max_index(sd: StateDict, pattern: str) -> int:
-    """1 + the largest integer captured by ``pattern`` over the keys (0 if none match)."""
-    rx = re.compile(pattern)
-    found = [int(m.group(1)) for k in sd if (m := rx.match(k))]
-    return max(found) + 1 if found else 0
+def _max_index(sd: StateDict, pattern: str, what: str = "checkpoint") -> int:
+    """How many consecutive indices 0..n-1 ``pattern`` captures over the keys (0 if none match);
+    a gap is an error, so a count never comes from one crafted key name."""
+    return count_indices(sd, pattern, what)
 
 
 def _depth(sd: StateDict, block: str) -> int:
@@ -69,6 +75,7 @@ def infer_unet_config(sd: StateDict, family: str) -> UNetConfig:
             count += 1
         idx += 1
     res_counts.append(count)
+    check_bound(what, "measured widths", [mc, in_channels, *widths], 1, MAX_WIDTH)
     if not widths or len(widths) != len(res_counts) or any(w % mc for w in widths):
         raise CheckpointError(f"{what}: cannot read the level structure from input_blocks")
     levels = len(widths)
@@ -146,6 +153,7 @@ def infer_vae_config(sd: StateDict, family: str) -> AutoencoderConfig:
     mult = []
     for lvl in range(levels):
         w = _require(sd, f"encoder.down.{lvl}.block.0.conv2.weight", what).shape[0]
+        check_bound(what, f"encoder.down.{lvl} width", w, 1, MAX_WIDTH)
         mult.append(w // ch)
     base = VAE_PRESETS["sdxl" if family.startswith("sdxl") else "sd"]
     resolution = base.resolution
@@ -184,6 +192,8 @@ def infer_text_config(sd: StateDict, layout: str) -> CLIPTextConfig:
         "hidden_act": "gelu" if layout == "openclip" else "quick_gelu",
         "projection_dim": None if proj is None else proj.shape[0],
     }
+    check_bound(what, "measured widths", [kw["hidden_size"], kw["intermediate_size"]], 1,
+                4 * MAX_WIDTH)  # fmt: skip
     for preset in TEXT_PRESETS.values():
         fields_ = asdict(preset)
         if all(fields_[k] == v for k, v in kw.items() if k != "projection_dim"):

@@ -8,6 +8,9 @@
   numpy scalars / arrays in their bookkeeping (callback scores, loop state) are read into inert
   placeholders (never tensors, so never weights). Anything else beyond tensors and containers is
   refused, naming the global it needs.
+* Only regular files are opened (``check_regular_file``): a folder, FIFO or device is refused
+  by its ``stat`` before any ``open`` (a FIFO would block), and a file that cannot be opened is
+  reported with its real OS error (not found, permission denied), never as "corrupt".
 * Writes go to a temporary file in the destination folder and are moved into place with
   ``os.replace``, so an interrupted save never leaves a half-written file under the final name.
   Nothing here ever writes to a source file.
@@ -15,10 +18,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
 import re
+import stat
 import zipfile
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
@@ -41,6 +46,36 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be read or does not fit any known model."""
 
 
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)  # fmt: skip
+
+
+def os_error_message(path: str | os.PathLike, exc: OSError, what: str = "file") -> str:
+    """One line naming ``path`` and the real OS error (not found, permission denied, ...)."""
+    reasons = {errno.ENOENT: f"no such {what} (file not found)",
+               errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+               errno.EISDIR: f"is a folder, not a {what}"}  # fmt: skip
+    reason = reasons.get(exc.errno or 0, exc.strerror or str(exc))
+    return f"{path}: {reason}"
+
+
+def check_regular_file(path: str | os.PathLike, what: str = "checkpoint file") -> None:
+    """Raise ``CheckpointError`` with the real reason unless ``path`` is a readable regular
+    file. Checked on ``stat`` (so a FIFO is never opened, which would block) and ``access``."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise CheckpointError(os_error_message(path, exc, what)) from exc
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+        raise CheckpointError(f"{path}: not a regular file ({kind}); expected a {what}")
+    if not os.access(path, os.R_OK):
+        raise CheckpointError(f"{path}: permission denied")
+
+
 def _is_safetensors(path: Path) -> bool:
     if path.suffix.lower() in SAFETENSORS_SUFFIXES:
         return True
@@ -55,6 +90,7 @@ def _is_safetensors(path: Path) -> bool:
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The string metadata of a safetensors file ({} for pickled checkpoints)."""
     path = Path(path)
+    check_regular_file(path)
     if not _is_safetensors(path):
         return {}
     try:
@@ -71,8 +107,7 @@ def load_state_dict(path: str | os.PathLike) -> StateDict:
     a pickled checkpoint needs globals outside torch's weights-only allow-list.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+    check_regular_file(path)
     if _is_safetensors(path):
         try:
             return load_file(str(path))
@@ -112,6 +147,7 @@ def stream_safetensors(
     ``keys`` restricts the read to those tensors.
     """
     path = Path(path)
+    check_regular_file(path)
     try:
         with open(path, "rb", buffering=0) as f:
             n = int.from_bytes(f.read(8), "little")
@@ -167,10 +203,14 @@ def _stream_one(f: BinaryIO, offset: int, info: dict, dtype: torch.dtype, buf: T
 
 
 def _corrupt(path: Path, exc: BaseException) -> str:
-    return (
-        f"{path}: not a readable checkpoint (truncated or corrupt file? "
-        f"size {path.stat().st_size} bytes): {exc}"
-    )
+    """The message for a file that opened but did not parse; an OS error is reported as such."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return os_error_message(path, exc, "checkpoint file")
+    try:
+        size = f"size {path.stat().st_size} bytes"
+    except OSError:
+        size = "size unknown"
+    return f"{path}: not a readable checkpoint (truncated or corrupt file? {size}): {exc}"
 
 
 class _Inert:
@@ -267,6 +307,7 @@ def write_json(path: str | os.PathLike, data: object) -> None:
 
 def read_json(path: str | os.PathLike) -> dict:
     path = Path(path)
+    check_regular_file(path, "JSON config")
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)

@@ -34,6 +34,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from genmodels.checkpoints.config_checks import (
+    MAX_LEVELS,
+    MAX_POSITIONS,
+    MAX_VOCAB,
+    MAX_WIDTH,
+    check_bound,
+    count_indices,
+)
 from genmodels.checkpoints.io import CheckpointError, StateDict, load_state_dict
 from genmodels.checkpoints.strict import load_strict
 from genmodels.configs.gpt import GPTConfig
@@ -67,6 +75,9 @@ def _key(sd: Mapping[str, Tensor], prefix: str, name: str, source: str) -> Tenso
             f"{source}: not a taming VQGAN: key {prefix + name!r} is missing "
             f"(first keys: {list(sd)[:6]})"
         )
+    shape = tuple(sd[prefix + name].shape)
+    if 0 in shape or any(n > MAX_VOCAB for n in shape):  # sizes come from these shapes
+        raise CheckpointError(f"{source}: tensor {prefix + name!r} has implausible shape {shape}")
     return sd[prefix + name]
 
 
@@ -126,8 +137,9 @@ def vq_config_from_taming_state_dict(
                 f"not a multiple of ch={ch}"
             )
         ch_mult.append(width // ch)
-    blocks = re.compile(rf"{re.escape(p)}encoder\.down\.0\.block\.(\d+)\.")
-    num_res_blocks = len({m.group(1) for k in sd if (m := blocks.match(k))})
+    check_bound(source, "ch", ch, 1, MAX_WIDTH)
+    check_bound(source, "ch_mult (levels)", len(levels), 1, MAX_LEVELS)
+    num_res_blocks = count_indices(sd, rf"{re.escape(p)}encoder\.down\.0\.block\.(\d+)\.", source)
     if resolution < 2 ** (len(levels) - 1):
         raise CheckpointError(f"resolution {resolution} is below the f{2 ** (len(levels) - 1)}")
     attn = [i for i in levels if any(k.startswith(f"{p}encoder.down.{i}.attn.") for k in sd)]
@@ -211,7 +223,11 @@ def gpt_config_from_state_dict(
         if key not in sd:
             raise ValueError(f"not taming GPT weights: {prefix}{key} is missing")
     vocab_size, n_embd = sd["tok_emb.weight"].shape
-    n_layer = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+    n_layer = count_indices(sd, r"blocks\.(\d+)\.", f"GPT weights ({prefix}blocks.N)")
+    check_bound(f"GPT weights ({prefix}tok_emb.weight)", "vocab_size, n_embd",
+                [int(vocab_size), int(n_embd)], 1, MAX_VOCAB)  # fmt: skip
+    check_bound(f"GPT weights ({prefix}pos_emb)", "block_size", int(sd["pos_emb"].shape[1]), 1,
+                MAX_POSITIONS)  # fmt: skip
     first_row = sd["blocks.0.attn.mask"].reshape(sd["pos_emb"].shape[1], -1)[0]
     n_unmasked = int(first_row.sum()) if int(first_row.sum()) > 1 else 0
     return GPTConfig(

@@ -2,7 +2,8 @@
 
 ``safetensors`` writes one LDM/sgm-layout file (what A1111 / ComfyUI load) with the detected
 configs in its metadata; ``diffusers`` writes a diffusers model folder. Both directions keep
-every tensor bit-identical; the source is only read.
+every tensor bit-identical; the source is only read. An existing DST is replaced only with
+``--overwrite``; a diffusers folder appears under its name only once complete.
 """
 
 from __future__ import annotations
@@ -26,12 +27,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--prediction", choices=("eps", "v"), default=None, help="override eps/v detection"
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing DST file (or diffusers model folder); refused otherwise",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from genmodels.checkpoints.convert import convert_checkpoint
 
-    spec = convert_checkpoint(args.src, args.dst, args.to, prediction=args.prediction)
+    spec = convert_checkpoint(
+        args.src, args.dst, args.to, prediction=args.prediction, overwrite=args.overwrite
+    )
     print(f"{args.src} -> {args.dst} ({args.to}): {spec.description}, {spec.prediction}")
     return 0

@@ -1,17 +1,22 @@
 """``genmodels info PATH``: what a checkpoint (or a generated PNG) contains.
 
 For a checkpoint (file or diffusers folder): architecture, parameterisation and how it was
-decided, tensor dtypes, parameter counts, and the unused / missing keys, all without loading
-any weights into models (meta-device modules). For a PNG: its text chunks (where A1111 and
-genmodels store the generation parameters); ``png_parameters`` is the hook a later parser of
-those parameters plugs into.
+decided, tensor dtypes, parameter counts, and the unused / missing / wrong-shape keys, all
+without loading any weights into models (meta-device modules): the same matching that
+``load_pipeline`` (``txt2img``) does, so a file it refuses is reported as such. For a genmodels
+training run folder: its task, checkpoints and newest step. For a PNG: its text chunks (where
+A1111 and genmodels store the generation parameters): A1111 infotext is parsed, the JSON
+settings of ``genmodels sample`` / ``vq-sample`` are shown as settings.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
+from genmodels.checkpoints.detect import ModelSpec
+from genmodels.checkpoints.io import check_regular_file
 from genmodels.pipelines.latent_diffusion import LoadInfo
 
 _SHOWN = 10
@@ -34,11 +39,45 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def png_parameters(path: Path) -> dict[str, str]:
-    """The text chunks of a PNG (A1111 and genmodels write ``parameters``)."""
+    """The text chunks of a PNG (A1111 and genmodels write ``parameters``); a missing,
+    unreadable or truncated file is a ValueError naming it."""
     from PIL import Image
 
-    with Image.open(path) as image:
-        return {str(k): str(v) for k, v in getattr(image, "text", {}).items()}
+    check_regular_file(path, "PNG image")
+    try:
+        with Image.open(path) as image:
+            return {str(k): str(v) for k, v in getattr(image, "text", {}).items()}
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL: truncated / not a PNG
+        raise ValueError(f"{path}: not a readable PNG (truncated or corrupt?): {exc}") from None
+
+
+def json_settings(text: str) -> dict | None:
+    """The settings of a ``parameters`` chunk holding a JSON object (what ``genmodels sample``
+    and ``vq-sample`` write), else None (A1111 infotext)."""
+    if not text.lstrip().startswith("{"):
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def format_png(path: Path, chunks: dict[str, str]) -> str:
+    """The generation parameters of a PNG: JSON settings, or parsed A1111 infotext."""
+    lines = [] if chunks else [f"{path}: no generation parameters stored"]
+    text = chunks.get("parameters")
+    settings = None if text is None else json_settings(text)
+    if settings is not None:
+        lines.append("settings (JSON, written by genmodels sample / vq-sample):")
+        width = max((len(k) for k in settings), default=0)
+        lines += [f"  {k:<{width}}  {json.dumps(v)}" for k, v in settings.items()]
+    elif text is not None:  # A1111/genmodels infotext, one parameter per line
+        from genmodels.pipelines.metadata import format_png_parameters
+
+        lines.append(format_png_parameters(path))
+    lines += [f"{k}: {v}" for k, v in chunks.items() if k != "parameters"]
+    return "\n".join(lines)
 
 
 def _keys(label: str, keys: list[str], show_all: bool) -> list[str]:
@@ -51,8 +90,12 @@ def _keys(label: str, keys: list[str], show_all: bool) -> list[str]:
     return lines
 
 
-def format_info(spec: object, info: LoadInfo, show_all: bool = False) -> str:
-    """Human-readable summary of ``inspect_checkpoint``'s result."""
+def format_info(
+    spec: ModelSpec, info: LoadInfo, show_all: bool = False, shapes: list[str] | None = None
+) -> str:
+    """Human-readable summary of ``inspect_checkpoint``'s result (``shapes``: the tensors whose
+    shape does not fit the architecture, as ``load_pipeline`` reports them)."""
+    shapes = shapes or []
     preset = f" (UNet preset {info.unet_preset})" if info.unet_preset else ""
     total = sum(info.parameters.values())
     lines = [
@@ -72,25 +115,67 @@ def format_info(spec: object, info: LoadInfo, show_all: bool = False) -> str:
         lines.append("vae: none in this checkpoint (give one with --vae)")
     lines += _keys("unused keys", info.unused_keys, show_all)
     lines += _keys("missing keys", info.missing_keys, show_all)
+    lines += _keys("wrong shapes", shapes, show_all)
+    if info.missing_keys or shapes:
+        lines.append(
+            f"loads strictly: no ({len(info.missing_keys)} missing, {len(shapes)} wrong shapes; "
+            "txt2img refuses it, strict=False loads what fits)"
+        )
+    else:
+        lines.append("loads strictly: yes")
+    return "\n".join(lines)
+
+
+def inspect_with_shapes(
+    path: Path, vae: Path | None, prediction: str | None
+) -> tuple[ModelSpec, LoadInfo, list[str]]:
+    """``inspect_checkpoint`` plus the wrong-shape keys that ``load_pipeline`` refuses.
+
+    ``LoadInfo`` has no field for them, so this goes through the loader's own matching plan
+    (``pipelines.loading._plan`` on meta modules): one implementation of the check."""
+    from genmodels.pipelines import loading
+
+    plan = loading._plan(path, vae, prediction, False, None, meta=True)
+    return plan.spec, loading._info(plan, path, vae, False), list(plan.shapes)
+
+
+def format_run(path: Path) -> str:
+    """A training run folder: task, checkpoints, newest step, artefacts."""
+    from genmodels.checkpoints.run_info import describe_run
+
+    run = describe_run(path)
+    newest = run.newest
+    lines = [
+        f"path: {run.path}",
+        "format: genmodels training run",
+        f"task: {run.task}",
+        f"checkpoints: {sum(c.complete for c in run.checkpoints)}",
+    ]
+    if newest is None:
+        lines.append("newest checkpoint: none")
+    else:
+        params = "" if run.parameters is None else f", {run.parameters:,} parameters"
+        lines.append(f"newest checkpoint: step {newest.step} ({newest.folder}{params})")
+    incomplete = [c for c in run.checkpoints if not c.complete]
+    if incomplete:
+        lines.append("incomplete checkpoints (no model.safetensors): "
+                     + ", ".join(c.folder.name for c in incomplete))  # fmt: skip
+    if run.artefacts:
+        lines.append("files: " + ", ".join(run.artefacts))
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
     path: Path = args.path
     if path.suffix.lower() == ".png":
-        chunks = png_parameters(path)
-        if not chunks:
-            print(f"{path}: no generation parameters stored")
-        if "parameters" in chunks:  # A1111/genmodels generation parameters, one per line
-            from genmodels.pipelines.metadata import format_png_parameters
-
-            print(format_png_parameters(path))
-        for key, value in chunks.items():
-            if key != "parameters":
-                print(f"{key}: {value}")
+        print(format_png(path, png_parameters(path)))
         return 0
-    from genmodels.pipelines.loading import inspect_checkpoint
+    from genmodels.checkpoints.diffusers_folder import is_diffusers_folder
+    from genmodels.checkpoints.run_info import is_run_folder
 
-    spec, info = inspect_checkpoint(path, vae=args.vae, prediction=args.prediction)
-    print(format_info(spec, info, args.keys))
+    if path.is_dir() and not is_diffusers_folder(path) and is_run_folder(path):
+        print(format_run(path))
+        return 0
+    spec, info, shapes = inspect_with_shapes(path, args.vae, args.prediction)
+    print(format_info(spec, info, args.keys, shapes))
     return 0
