@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from genmodels.cli.generate import cpu_supports_bf16, main, resolve_dtype
+from genmodels.cli.generate import main
 from genmodels.pipelines.build import build_pipeline, save_pipeline
+from genmodels.pipelines.devices import cpu_supports_bf16, resolve_dtype
 from genmodels.pipelines.metadata import model_hash, parameters_from_infotext, read_png_parameters
 
 FAST = ["--steps", "2", "--dtype", "fp32", "--device", "cpu", "--quiet"]
@@ -45,8 +46,8 @@ def test_txt2img_files_metadata_and_from_png(files, tmp_path, capsys) -> None:
             "--grid", "--outdir", str(out), "--sampler", "DPM++ 2M Karras", *FAST]  # fmt: skip
     assert main(args) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["00000-5.png", "00001-6.png", "00002-7.png", "00003-8.png", "grid-00000.png"]
-    assert Image.open(out / "grid-00000.png").size == (32, 32)
+    assert names == ["00000-5.png", "00001-6.png", "00002-7.png", "00003-8.png", "grid-00004.png"]
+    assert Image.open(out / "grid-00004.png").size == (32, 32)
     p = parameters_from_infotext(read_png_parameters(out / "00002-7.png"))
     assert (p.prompt, p.seed, p.steps) == ("a (cat:1.2), dog", 7, 2)
     assert (p.sampler, p.scheduler) == ("dpmpp_2m", "karras")
@@ -64,6 +65,8 @@ def test_txt2img_files_metadata_and_from_png(files, tmp_path, capsys) -> None:
     assert main(["txt2img", "--ckpt", str(files["ckpt"]), "--from-png", str(rerun), "--outdir",
                  str(again), "--seed", "9", *FAST]) == 0  # fmt: skip
     assert (again / "00001-9.png").exists()  # command line beats --from-png, indices go on
+    grid = parameters_from_infotext(read_png_parameters(out / "grid-00004.png"))
+    assert grid.seed == 5  # a grid re-runs as its first image
 
 
 def test_img2img_and_inpaint(files, tmp_path) -> None:
@@ -99,7 +102,7 @@ BAD = [
     (["txt2img", "--steps", "0"], "--steps must be >= 1"),
     (["txt2img", "--sampler", "nope"], "unknown sampler 'nope'; valid names"),
     (["txt2img", "--scheduler", "nope"], "unknown scheduler 'nope'; valid"),
-    (["txt2img", "--dtype", "fp8"], "unknown --dtype 'fp8'"),
+    (["txt2img", "--dtype", "fp8"], "--dtype: unknown dtype 'fp8'"),
     (["txt2img", "--n-iter", "0"], "--n-iter must be >= 1"),
     (["img2img", "--init-image", "MISSING"], "cannot read image"),
     (["img2img", "--init-image", "INIT", "--strength", "1.5"], r"--strength must be in \[0, 1\]"),

@@ -52,6 +52,7 @@ from genmodels.diffusion.schedules import make_alphas_cumprod
 from genmodels.models.autoencoder_kl import AutoencoderKL
 from genmodels.models.text.encoders import TextEncoder
 from genmodels.models.unet import UNetModel
+from genmodels.pipelines.devices import resolve_device, resolve_dtype
 from genmodels.pipelines.latent_diffusion import LatentDiffusionPipeline, LoadInfo
 
 StateDict = dict[str, Tensor]
@@ -249,7 +250,7 @@ def inspect_checkpoint(
 
 def load_pipeline(
     path: str | os.PathLike,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     device: torch.device | str = "cpu",
     vae: str | os.PathLike | None = None,
     prediction: str | None = None,
@@ -263,8 +264,10 @@ def load_pipeline(
     "v" overrides detection (SD 2 768-v and 512-base have identical shapes). ``use_ema``: take
     the UNet from the ``model_ema.*`` tensors. ``strict=False`` loads what fits and keeps the
     rest randomly initialised (listed in ``info.missing_keys``). ``clip_skip``: A1111 numbering.
+    ``dtype``: a floating dtype or its name ("fp16", "bfloat16", "auto", ...).
     """
-    device = torch.device(device)
+    device = resolve_device(device)  # ValueError before any file is read
+    dtype = resolve_dtype(dtype, device)
     plan = _plan(path, vae, prediction, use_ema, clip_skip, meta=strict, dtype=dtype)
     if plan.vae is None:
         raise CheckpointError(f"{path}: the checkpoint has no VAE; pass one with vae=PATH")
