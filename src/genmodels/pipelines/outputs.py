@@ -46,6 +46,10 @@ def _oserror(exc: OSError, path: Path) -> OutputError:
 def check_outdir(outdir: str | os.PathLike) -> Path:
     """Check, without creating anything, that ``outdir`` is or can become a writable folder."""
     outdir = Path(outdir)
+    name_max = os.pathconf("/", "PC_NAME_MAX")
+    for part in outdir.absolute().parts:  # before any stat, which fails on such names
+        if len(os.fsencode(part)) > name_max:
+            raise OutputError(f"output folder name {part[:40]!r}... is longer than {name_max}")
     existing = outdir.absolute()
     while not existing.exists():
         if existing.is_symlink():
@@ -56,11 +60,7 @@ def check_outdir(outdir: str | os.PathLike) -> Path:
         raise OutputError(f"output folder {outdir} {what}")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputError(f"output folder {outdir}: {existing} is not writable")
-    name_max = os.pathconf(existing, "PC_NAME_MAX")
     path_max = os.pathconf(existing, "PC_PATH_MAX")
-    for part in outdir.absolute().parts:
-        if len(os.fsencode(part)) > name_max:
-            raise OutputError(f"output folder name {part[:40]!r}... is longer than {name_max}")
     if len(os.fsencode(str(outdir.absolute()))) + _MAX_NAME > path_max:
         raise OutputError(f"output folder path {str(outdir)[:40]!r}... is too long")
     return outdir
