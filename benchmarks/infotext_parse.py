@@ -34,9 +34,8 @@ def main() -> None:
             row += f"   A1111 regex {_time(A1111_RE_PARAM.findall, line) * 1e3:10.1f} ms"
         print(row)
     text = "prompt\n" + "w" * (MAX_INFOTEXT - 60) + ", Steps: 2, Sampler: Euler, Seed: 1"
-    print(
-        f"parse_infotext of a {len(text)}-character text: {_time(parse_infotext, text) * 1e3:.2f} ms"
-    )
+    ms = _time(parse_infotext, text) * 1e3
+    print(f"parse_infotext of a {len(text)}-character text: {ms:.2f} ms")
 
 
 if __name__ == "__main__":
