@@ -80,3 +80,15 @@ def test_dtype_and_device_names(pipe, tmp_path) -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             load_pipeline(ckpt, device="cuda")
+
+
+def test_concurrent_loads_leave_weight_init_alone(pipe, tmp_path) -> None:
+    """Two threads loading at once once left ``nn.init`` stubbed out for the whole process."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ckpt = tmp_path / "tiny.safetensors"
+    save_pipeline(pipe, ckpt)
+    originals = {name: getattr(torch.nn.init, name) for name in ("normal_", "kaiming_uniform_")}
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: load_pipeline(ckpt), range(8)))
+    assert {name: getattr(torch.nn.init, name) for name in originals} == originals

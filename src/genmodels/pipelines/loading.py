@@ -15,6 +15,7 @@ initialised model.
 from __future__ import annotations
 
 import os
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -84,18 +85,24 @@ _INIT_FUNCTIONS = ("normal_", "uniform_", "kaiming_uniform_", "kaiming_normal_",
                    "xavier_normal_", "trunc_normal_", "zeros_", "ones_", "constant_")  # fmt: skip
 
 
+_INIT_LOCK = threading.Lock()
+
+
 @contextmanager
 def _no_weight_init() -> Iterator[None]:
     """Skip ``torch.nn.init`` while building meta modules whose weights are all assigned next
-    (as transformers' ``no_init_weights``): the meta ``normal_`` alone costs ~2 s on first use."""
-    saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
-    for name in _INIT_FUNCTIONS:
-        setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
-    try:
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(nn.init, name, fn)
+    (as transformers' ``no_init_weights``): the meta ``normal_`` alone costs ~2 s on first use.
+    The lock keeps two loading threads from saving each other's stubs as the "originals",
+    which disabled ``nn.init`` for the rest of the process."""
+    with _INIT_LOCK:
+        saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
+        for name in _INIT_FUNCTIONS:
+            setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        try:
+            yield
+        finally:
+            for name, fn in saved.items():
+                setattr(nn.init, name, fn)
 
 
 def _build(factory: type[nn.Module], config: object, meta: bool) -> nn.Module:
