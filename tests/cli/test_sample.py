@@ -46,12 +46,14 @@ def test_class_run_writes_pngs_with_parameters_and_per_seed_images(class_run, tm
     args = ["sample", str(class_run), "--class", "3", "--steps", "3", "--cfg", "2"]
     assert main([*args, "--n", "2", "--seed", "5", "--outdir", str(a), "--grid"]) == 0
     assert main([*args, "--n", "1", "--seed", "6", "--outdir", str(b)]) == 0
-    pixels, params = _png(a / "000006.png")
+    pixels, params = _png(a / "00001-6.png")  # A1111 names: NNNNN-seed.png
     assert params["class"] == 3 and params["seed"] == 6 and params["weights"] == "ema"
     assert params["steps"] == 3 and params["cfg"] == 2.0 and params["scheduler"] == "karras"
     assert pixels.shape == (8, 8)  # the run's 8 px grey digits
-    assert np.array_equal(pixels, _png(b / "000006.png")[0])  # batch of 2 == single run
-    assert (a / "grid.png").is_file()
+    assert np.array_equal(pixels, _png(b / "00000-6.png")[0])  # batch of 2 == single run
+    assert (a / "grid-00002.png").is_file()
+    assert main([*args, "--n", "1", "--seed", "6", "--outdir", str(b)]) == 0  # the same again
+    assert sorted(p.name for p in b.iterdir()) == ["00000-6.png", "00001-6.png"]  # no overwrite
 
 
 def test_run_dir_resolves_to_newest_checkpoint_and_raw_weights_differ(class_run, tmp_path):
@@ -61,12 +63,12 @@ def test_run_dir_resolves_to_newest_checkpoint_and_raw_weights_differ(class_run,
         extra = ["--raw"] if weights == "raw" else []
         out = tmp_path / weights
         main(["sample", str(ckpt), "--n", "1", "--steps", "2", "--outdir", str(out), *extra])
-        assert _png(out / "000000.png")[1]["weights"] == weights
+        assert _png(out / "00000-0.png")[1]["weights"] == weights
 
 
 def test_default_classes_in_turn(class_run, tmp_path):
     main(["sample", str(class_run), "--n", "12", "--steps", "1", "--outdir", str(tmp_path)])
-    classes = [_png(tmp_path / f"{i:06d}.png")[1]["class"] for i in range(12)]
+    classes = [_png(tmp_path / f"{i:05d}-{i}.png")[1]["class"] for i in range(12)]
     assert classes == [i % 10 for i in range(12)]  # 11 classes = 10 digits + the null class
 
 
@@ -93,10 +95,10 @@ def test_text_run_reuses_the_training_contexts(tmp_path):
     out = tmp_path / "out"
     args = ["sample", str(tmp_path / "run"), "--raw", "--n", "1", "--steps", "2"]
     assert main([*args, "--prompt", caption, "--outdir", str(out)]) == 0
-    assert _png(out / "000000.png")[1]["prompt"] == caption
+    assert _png(out / "00000-0.png")[1]["prompt"] == caption
     no_ema = ["sample", str(tmp_path / "run"), "--n", "1", "--steps", "1", "--prompt", caption]
     assert main([*no_ema, "--outdir", str(tmp_path / "no-ema")]) == 0  # falls back to raw
-    assert _png(tmp_path / "no-ema" / "000000.png")[1]["weights"] == "raw"
+    assert _png(tmp_path / "no-ema" / "00000-0.png")[1]["weights"] == "raw"
     assert main([*args, "--outdir", str(out)]) == 2  # a text run needs --prompt
     assert main([*args, "--class", "1", "--outdir", str(out)]) == 2
 
@@ -123,7 +125,7 @@ def test_latent_run_decodes_through_its_vae(tmp_path):
     out = tmp_path / "out"
     assert main(["sample", str(tmp_path / "run"), "--raw", "--n", "1", "--steps", "2",
                  "--class", "1", "--outdir", str(out)]) == 0  # fmt: skip
-    assert _png(out / "000000.png")[0].shape == (8, 8)  # decoded back to image space
+    assert _png(out / "00000-0.png")[0].shape == (8, 8)  # decoded back to image space
     moved = tmp_path / "elsewhere.safetensors"
     vae_path.rename(moved)
     args = ["sample", str(tmp_path / "run"), "--raw", "--n", "1", "--steps", "1"]
@@ -141,3 +143,8 @@ def test_bad_inputs_are_clear_errors(class_run, tmp_path, capsys):
     assert "not text-conditional" in error(str(class_run), "--prompt", "a cat")
     assert "--n and --scale must be >= 1" in error(str(class_run), "--n", "0")
     assert "out of range" in error(str(class_run), "--class", "-1")
+    assert "--scale 100000 is more than 4096" in error(str(class_run), "--scale", "100000")
+    assert "more than the limit" in error(str(class_run), "--scale", "1000")  # 8 px x 1000
+    assert "--cfg must be a finite number" in error(str(class_run), "--cfg", "nan")
+    assert "--steps must be in [1, 10000]" in error(str(class_run), "--steps", "10000000")
+    assert not any(tmp_path.glob("*.png"))

@@ -107,7 +107,7 @@ def test_vq_sample_writes_pngs_with_parameters(ckpt: Path, tmp_path: Path) -> No
     argv = ["--ckpt", str(ckpt), "--class", "1", "--top-p", "0.9", "--temperature", "0.8"]
     assert _run(*argv, "--n", "2", "--seed", "10", "--outdir", str(out), "--scale", "2") == 0
     files = sorted(out.glob("*.png"))
-    assert [f.name for f in files] == ["000010.png", "000011.png"]
+    assert [f.name for f in files] == ["00000-10.png", "00001-11.png"]  # A1111: NNNNN-seed
     img = Image.open(files[1])
     assert img.size == (32, 32) and img.mode == "L"
     params = json.loads(img.text["parameters"])
@@ -117,7 +117,7 @@ def test_vq_sample_writes_pngs_with_parameters(ckpt: Path, tmp_path: Path) -> No
     }  # fmt: skip
     single = tmp_path / "single"
     _run(*argv, "--n", "1", "--seed", "11", "--outdir", str(single), "--scale", "2")
-    same = np.asarray(Image.open(single / "000011.png"))
+    same = np.asarray(Image.open(single / "00000-11.png"))
     assert np.array_equal(same, np.asarray(img))  # image i of a batch == a single run
 
 
@@ -128,8 +128,15 @@ def test_vq_sample_bad_input(ckpt: Path, tmp_path: Path) -> None:
         _run("--ckpt", str(ckpt), "--class", "10", "--outdir", str(tmp_path))
     with pytest.raises(ValueError, match="not a VQGAN checkpoint directory"):
         _run("--ckpt", str(tmp_path / "missing"), "--class", "0")
+    with pytest.raises(ValueError, match="cannot read --cond-image 'x.png'"):
+        _run("--ckpt", str(ckpt), "--class", "0", "--cond-image", "x.png")  # checked first
+    Image.new("RGB", (16, 16)).save(tmp_path / "x.png")
     with pytest.raises(ValueError, match="not image-conditional: --cond-image"):
-        _run("--ckpt", str(ckpt), "--class", "0", "--cond-image", "x.png")
+        _run("--ckpt", str(ckpt), "--class", "0", "--cond-image", str(tmp_path / "x.png"))
+    with pytest.raises(ValueError, match="more than the limit"):
+        _run("--ckpt", str(ckpt), "--class", "0", "--scale", "100000")
+    with pytest.raises(ValueError, match="--temperature must be a finite number"):
+        _run("--ckpt", str(ckpt), "--class", "0", "--temperature", "nan")
     with pytest.raises(ValueError, match="sliding-window sampling needs raster order"):
         _run("--ckpt", str(ckpt), "--class", "0", "--size", "24", "--outdir", str(tmp_path))
     with pytest.raises(ValueError, match="below the training size 16"):

@@ -143,11 +143,14 @@ def test_sdxl_refiner_aesthetic_score() -> None:
 
 
 def test_reduced_precision_decode_is_finite(pipe) -> None:
-    pipe16 = build_pipeline(dtype=torch.bfloat16)
-    pipe16.vae.decoder.conv_out.bias.data.fill_(float("inf"))  # force an overflow in bf16
-    pixels = decode_latents(pipe16, torch.zeros(1, 4, 4, 4))
+    pipe16 = build_pipeline(dtype=torch.float16)
+    pipe16.vae.decoder.conv_out.weight.data.fill_(1000.0)  # overflows fp16, not fp32
+    pixels = decode_latents(pipe16, torch.ones(1, 4, 4, 4))
     assert pixels.dtype == torch.float32 and pixels.shape == (1, 3, 16, 16)
-    assert next(pipe16.vae.parameters()).dtype == torch.bfloat16  # restored after the retry
+    assert next(pipe16.vae.parameters()).dtype == torch.float16  # restored after the retry
+    pipe16.vae.decoder.conv_out.bias.data.fill_(float("inf"))  # not finite in fp32 either
+    with pytest.raises(ValueError, match="VAE decoder's output .* NaN/Inf"):
+        decode_latents(pipe16, torch.ones(1, 4, 4, 4))
 
 
 BAD = [
@@ -155,7 +158,9 @@ BAD = [
     (dict(height=0), "height must be a positive multiple of 8"),
     (dict(steps=0), "steps must be a positive integer"),
     (dict(batch_size=0), "batch_size must be a positive integer"),
-    (dict(cfg_scale=-1), "cfg_scale must be a number >= 0"),
+    (dict(cfg_scale=-1), "cfg_scale must be a finite number >= 0"),
+    (dict(cfg_scale=float("nan")), "cfg_scale must be a finite number >= 0"),
+    (dict(cfg_scale=float("inf")), "cfg_scale must be a finite number >= 0"),
     (dict(sampler="nope"), "unknown sampler 'nope'; valid names: euler"),
     (dict(scheduler="nope"), "unknown scheduler 'nope'; valid: "),
     (dict(seed=-5), "seed must be an integer"),

@@ -4,13 +4,16 @@ model hash."""
 from __future__ import annotations
 
 import hashlib
+import re
 
 import pytest
 from PIL import Image
 
 from genmodels.pipelines.images import image_grid, save_png
 from genmodels.pipelines.metadata import (
+    MAX_INFOTEXT,
     GenerationParameters,
+    _pairs,
     format_infotext,
     format_png_parameters,
     model_hash,
@@ -95,3 +98,69 @@ def test_grid() -> None:
     assert grid.size == (8, 9) and grid.getpixel((4, 3)) == (150, 0, 0)
     with pytest.raises(ValueError, match="same size"):
         image_grid([Image.new("RGB", (4, 3)), Image.new("RGB", (3, 3))])
+
+
+TRICKY_PROMPTS = [
+    ("a cat\nNegative prompt: a dog", ""),  # would re-run with a negative prompt
+    ("a cat", "blurry\nNegative prompt: x"),
+    ("  leading blanks\nand trailing  ", ""),
+    ("", "only negative"),
+    ('"quoted"', 'back\\slash, "and" quotes'),
+    ("line\r\nbreaks\n\n", "\n"),
+    ("Steps: 1, Sampler: Euler, CFG scale: 7", ""),  # a prompt that looks like parameters
+]
+
+
+@pytest.mark.parametrize(("prompt", "negative"), TRICKY_PROMPTS)
+def test_every_prompt_round_trips(prompt, negative) -> None:
+    p = GenerationParameters(prompt=prompt, negative_prompt=negative, model_name='"m", x')
+    assert parameters_from_infotext(format_infotext(p)) == p
+
+
+def test_seeds_beyond_32_bit_round_trip() -> None:
+    p = GenerationParameters(prompt="x", seed=2**32)  # --seed 4294967295 --batch-size 2
+    assert parameters_from_infotext(format_infotext(p)).seed == 2**32
+    with pytest.raises(ValueError, match="Seed: .* out of range"):
+        parameters_from_infotext("x\nSteps: 2, Sampler: Euler, Seed: 18446744073709551616")
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("Steps: 1e20, Sampler: Euler, Seed: 1", "Steps: '1e20' is not a valid int"),
+        ("Steps: 100000000000000000000, Sampler: Euler, Seed: 1", "Steps: .* out of range"),
+        ("Steps: 2, CFG scale: nan, Seed: 1", "CFG scale: nan is out of range"),
+        ("Steps: 2, CFG scale: inf, Seed: 1", "CFG scale: inf is out of range"),
+        ("Steps: 2, Denoising strength: 1.5, Seed: 1", "Denoising strength: 1.5 is out of range"),
+        ("Steps: 2, Size: 0x64, Seed: 1", "Size-1: 0 is out of range"),
+    ],
+)
+def test_numbers_are_range_checked(line, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        parameters_from_infotext("x\n" + line)
+
+
+def test_empty_and_oversized_chunks_are_refused(tmp_path) -> None:
+    with pytest.raises(ValueError, match="no generation parameters"):
+        parameters_from_infotext("  \n")
+    save_png(Image.new("RGB", (8, 8)), tmp_path / "empty.png", "")
+    with pytest.raises(ValueError, match="no generation parameters"):
+        read_png_parameters(tmp_path / "empty.png")
+    save_png(Image.new("RGB", (8, 8)), tmp_path / "big.png", "x" * (MAX_INFOTEXT + 1))
+    with pytest.raises(ValueError, match="more than the 65536 allowed"):
+        read_png_parameters(tmp_path / "big.png")
+    with pytest.raises(ValueError, match="longer than the 65536 allowed"):
+        parse_infotext("x" * (MAX_INFOTEXT + 1))
+
+
+def test_long_lines_parse(monkeypatch) -> None:
+    """A 60 KB last line (A1111's regex took minutes on such lines): same pairs as the regex."""
+    words = "word " * 6_000  # a long run without ':' is the quadratic case
+    d = parse_infotext(f"prompt\n{words}, Steps: 2, Sampler: Euler, Seed: 3, Note: {words}")
+    assert d["Steps"] == "2" and d["Seed"] == "3" and d["Note"] == words.strip()
+    assert d["Prompt"] == "prompt"
+    p = GenerationParameters(prompt="a, b: c " * 3000)  # stored twice: a trailing blank
+    assert parameters_from_infotext(format_infotext(p)) == p
+    line = 'A: 1, -b: 2, "c": 3, d e: "x, y", f/g: "unterminated, h: 4, :5, ij:6'
+    reference = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+    assert _pairs(line) == reference.findall(line)

@@ -14,10 +14,10 @@ from PIL import Image
 from genmodels.configs.unet import UNetConfig
 from genmodels.data.tensor_dataset import ImageTensorDataset
 from genmodels.training.config import DataConfig, EMAConfig, OptimConfig
-from genmodels.training.logging import FIELDS
-from genmodels.training.tb_events import read_scalars
 from genmodels.training.diffusion import Trainer
+from genmodels.training.logging import FIELDS
 from genmodels.training.optim import make_optimizer
+from genmodels.training.tb_events import read_scalars
 from tests.training.helpers import TINY_UNET, tiny_config
 
 

@@ -256,7 +256,7 @@ def test_train_both_stages_then_vq_sample(tmp_path: Path) -> None:
     args = ["vq-sample", "--ckpt", str(gpt_dir), "--class", "3", "--n", "2", "--seed", "5"]
     assert main([*args, "--outdir", str(img_dir)]) == 0
     files = sorted(img_dir.glob("*.png"))
-    assert [f.name for f in files] == ["000005.png", "000006.png"]
+    assert [f.name for f in files] == ["00000-5.png", "00001-6.png"]  # A1111 NNNNN-seed names
     with Image.open(files[1]) as img:
         assert img.size == (8, 8)
         params = json.loads(img.text["parameters"])

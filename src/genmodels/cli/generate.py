@@ -5,15 +5,18 @@
     genmodels inpaint --ckpt model.safetensors --prompt "a cat" --init-image in.png --mask m.png
     genmodels txt2img --ckpt model.safetensors --from-png outputs/00000-1.png   # re-run it
 
-Files are ``<outdir>/<index>-<seed>.png`` with the A1111 ``parameters`` text chunk. Every input
-is checked before the model is loaded, and images are written only once all are generated (each
-atomically), so bad input or a failure leaves no partial files.
+Files are ``<outdir>/<index>-<seed>.png`` with the A1111 ``parameters`` text chunk, the index
+one more than the highest in the folder (grids ``grid-<index>.png`` count too), reserved
+atomically so that no run overwrites another's files. Every input is checked before the model
+is loaded (sizes, steps and estimated memory against limits that ``--no-limits`` lifts; the
+device, dtype and output folder). Each image is written (atomically) as soon as its batch is
+done; Ctrl-C keeps those, says how many were written and exits with status 130.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -24,17 +27,30 @@ import torch
 from genmodels.diffusion.samplers.registry import resolve_sampler
 from genmodels.diffusion.schedules import resolve_scheduler
 from genmodels.models.tiling import TilingConfig
-from genmodels.pipelines.images import image_grid, load_image, save_png
+from genmodels.pipelines.devices import cpu_supports_bf16, resolve_device, resolve_dtype
+from genmodels.pipelines.image_reading import load_image
+from genmodels.pipelines.images import image_grid
+from genmodels.pipelines.limits import (
+    NO_LIMITS,
+    GenerationLimits,
+    ModelSize,
+    check_generation,
+    check_pixels,
+)
 from genmodels.pipelines.metadata import (
-    GenerationParameters,
     format_infotext,
     model_hash,
     parameters_from_infotext,
     read_png_parameters,
 )
+from genmodels.pipelines.outputs import check_outdir, grid_name, image_name, write_output
+from genmodels.pipelines.seeds import check_seed
+
+__all__ = ["cpu_supports_bf16", "main", "register", "resolve_dtype", "run"]
 
 MODES = ("txt2img", "img2img", "inpaint")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+SIZE_RULE = "a multiple of 64 for SD 1.x/2.x/XL (VAE factor 8 x UNet downsampling 8)"
 # generation options that --from-png fills in when they are not given on the command line
 DEFAULTS = dict(prompt=None, negative_prompt="", steps=20, cfg=7.0, sampler="euler",
                 scheduler=None, seed=-1, width=512, height=512, strength=None)  # fmt: skip
@@ -65,14 +81,22 @@ def _add_arguments(p: argparse.ArgumentParser, mode: str) -> None:
     p.add_argument("--sampler", help="sampler name or A1111 name (default euler)")
     p.add_argument("--scheduler", help="sigma schedule (default: the sampler's, else normal)")
     p.add_argument("--seed", type=int, help="seed of the first image (default -1: random)")
-    p.add_argument("--width", type=int, help="width in pixels (multiple of 8, default 512)")
-    p.add_argument("--height", type=int, help="height in pixels (multiple of 8, default 512)")
+    p.add_argument("--width", type=int, help=f"width in pixels: {SIZE_RULE}; default 512")
+    p.add_argument("--height", type=int, help=f"height in pixels: {SIZE_RULE}; default 512")
     p.add_argument("--batch-size", type=int, default=1, help="images per sampling run")
     p.add_argument("--n-iter", type=int, default=1, help="number of sampling runs")
     p.add_argument("--outdir", type=Path, default=Path("outputs"), help="output folder")
     p.add_argument("--grid", action="store_true", help="also save a grid of all images")
     p.add_argument("--from-png", type=Path, help="take the parameters stored in this PNG")
     p.add_argument("--dtype", default="auto", help="auto | fp32 | bf16 | fp16 (default auto)")
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=GenerationLimits().max_pixels,
+        help="largest width x height of an image or init image (default 4096 x 4096)",
+    )
+    p.add_argument("--no-limits", action="store_true",
+                   help="no limits on steps, pixels or estimated memory")  # fmt: skip
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     tiling = "VAE encode/decode in tiles when the longer side exceeds this (0: never)"
@@ -84,33 +108,14 @@ def _add_arguments(p: argparse.ArgumentParser, mode: str) -> None:
         p.add_argument("--mask", type=Path, required=True, help="mask: white = repaint")
 
 
-def cpu_supports_bf16(cpuinfo: str | None = None) -> bool:
-    """AMX-BF16 or AVX512-BF16 in /proc/cpuinfo's flags (False where it cannot be read)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-    flags = set(re.findall(r"[\w.]+", " ".join(re.findall(r"^flags\s*:(.*)$", cpuinfo, re.M))))
-    return bool(flags & {"amx_bf16", "avx512_bf16"})
-
-
-def resolve_dtype(name: str, device: torch.device, cpuinfo: str | None = None) -> torch.dtype:
-    """``auto``: fp16 on CUDA, bf16 on a CPU with AMX/AVX512-BF16, else fp32."""
-    if name == "auto":
-        if device.type == "cuda":
-            return torch.float16
-        return torch.bfloat16 if cpu_supports_bf16(cpuinfo) else torch.float32
-    if name not in DTYPES:
-        raise ValueError(f"unknown --dtype {name!r}; valid: auto, {', '.join(DTYPES)}")
-    return DTYPES[name]
-
-
 def _options(args: argparse.Namespace) -> dict:
     """Generation options: command line > --from-png > defaults."""
     opts = {k: getattr(args, k, None) for k in DEFAULTS}
     if args.from_png is not None:
-        stored = parameters_from_infotext(read_png_parameters(args.from_png))
+        try:
+            stored = parameters_from_infotext(read_png_parameters(args.from_png))
+        except ValueError as exc:
+            raise ValueError(f"--from-png {args.from_png}: {exc}") from None
         for key, attr in _FROM_PNG.items():
             if opts[key] is None:
                 opts[key] = getattr(stored, attr)
@@ -122,55 +127,107 @@ def _options(args: argparse.Namespace) -> dict:
     return opts
 
 
-def _check(args: argparse.Namespace, opts: dict) -> None:
-    """Everything that can be checked before loading the model."""
-    if not isinstance(opts["prompt"], str):
-        raise ValueError("give a prompt with --prompt (or --from-png IMAGE)")
-    if not args.ckpt.exists():
-        raise ValueError(f"checkpoint not found: {args.ckpt}")
+def _limits(args: argparse.Namespace) -> GenerationLimits:
+    if args.no_limits:
+        return NO_LIMITS
+    if args.max_pixels is not None and args.max_pixels < 1:
+        raise ValueError(f"--max-pixels must be >= 1, got {args.max_pixels}")
+    return GenerationLimits(max_pixels=args.max_pixels)
+
+
+def _check_numbers(args: argparse.Namespace, opts: dict) -> None:
     for name in ("width", "height"):
         if opts[name] is not None and (opts[name] <= 0 or opts[name] % 8):
-            raise ValueError(f"--{name} must be a positive multiple of 8, got {opts[name]}")
+            raise ValueError(
+                f"--{name} must be a positive multiple of 8 (and of the model's size step: "
+                f"{SIZE_RULE}), got {opts[name]}"
+            )
     if opts["steps"] < 1:
         raise ValueError(f"--steps must be >= 1, got {opts['steps']}")
     for name in ("batch_size", "n_iter"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if not 0.0 <= opts["strength"] <= 1.0:
+    if not (math.isfinite(opts["cfg"]) and opts["cfg"] >= 0):
+        raise ValueError(f"--cfg must be a finite number >= 0, got {opts['cfg']}")
+    if not 0.0 <= opts["strength"] <= 1.0:  # also refuses NaN
         raise ValueError(f"--strength must be in [0, 1], got {opts['strength']}")
-    resolve_sampler(opts["sampler"])
-    if opts["scheduler"] is not None:
-        resolve_scheduler(opts["scheduler"])
-    if args.mode != "txt2img":
-        image = load_image(args.init_image)
-        w, h = (opts["width"] or image.width), (opts["height"] or image.height)
-        if args.mode == "inpaint":
-            w, h = image.size
-            mask = load_image(args.mask, "L")
-            if mask.size != image.size:
-                raise ValueError(
-                    f"mask {args.mask} has size {mask.size}, the init image {image.size}; "
-                    "they must match"
-                )
-        if w % 8 or h % 8:
-            raise ValueError(f"the image size {w}x{h} must be a multiple of 8 on both sides")
+    if opts["seed"] != -1:
+        check_seed(opts["seed"], args.batch_size * args.n_iter, "--seed")
     if args.vae_tiling_above < 0:
         raise ValueError(f"--vae-tiling-above must be >= 0, got {args.vae_tiling_above}")
 
 
-def _next_index(outdir: Path) -> int:
-    numbers = [int(m.group(1)) for f in outdir.glob("*.png") if (m := re.match(r"(\d+)-", f.name))]
-    return max(numbers, default=-1) + 1
+def _check_images(args: argparse.Namespace, opts: dict, limits: GenerationLimits) -> tuple:
+    """(width, height) of the output once the init image (and mask) are read."""
+    if args.mode == "txt2img":
+        return opts["width"], opts["height"]
+    image = load_image(args.init_image, max_pixels=limits.max_pixels)
+    w, h = (opts["width"] or image.width), (opts["height"] or image.height)
+    if args.mode == "inpaint":
+        mask = load_image(args.mask, "L", max_pixels=limits.max_pixels)
+        if mask.size != image.size:
+            raise ValueError(
+                f"mask {args.mask} has size {mask.size}, the init image {image.size}; "
+                "they must match"
+            )
+    if w % 8 or h % 8:
+        raise ValueError(
+            f"the image size {w}x{h} must be a multiple of 8 on both sides (and of the model's "
+            f"size step: {SIZE_RULE}); resize it or give --width/--height"
+        )
+    return w, h
+
+
+def _check(args: argparse.Namespace, opts: dict) -> tuple[torch.device, torch.dtype]:
+    """Everything that can be checked before loading the model; (device, dtype)."""
+    if not isinstance(opts["prompt"], str):
+        raise ValueError("give a prompt with --prompt (or --from-png IMAGE)")
+    if not args.ckpt.exists():
+        raise ValueError(f"checkpoint not found: {args.ckpt}")
+    _check_numbers(args, opts)
+    limits = _limits(args)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        raise ValueError(f"--device: {exc}") from None
+    try:
+        dtype = resolve_dtype(args.dtype, device)
+    except ValueError as exc:
+        raise ValueError(f"--dtype: {exc}") from None
+    resolve_sampler(opts["sampler"])
+    if opts["scheduler"] is not None:
+        resolve_scheduler(opts["scheduler"])
+    check_outdir(args.outdir)
+    w, h = _check_images(args, opts, limits)
+    tile = 512 if args.vae_tiling_above and max(w, h) > args.vae_tiling_above else None
+    check_generation(w, h, args.batch_size, opts["steps"], limits, ModelSize(tile_size=tile),
+                     device, dtype)  # fmt: skip
+    if args.grid and args.batch_size * args.n_iter > 1:
+        check_pixels(w * args.batch_size, h * args.n_iter, limits, "grid")
+    return device, dtype
 
 
 def run(args: argparse.Namespace) -> int:
+    written: list = []
+    total = getattr(args, "batch_size", 1) * getattr(args, "n_iter", 1)
+    try:
+        return _run(args, written)
+    except KeyboardInterrupt:
+        print(f"interrupted: wrote {len(written)} of {total} images", file=sys.stderr)
+        return INTERRUPTED
+    except MemoryError:
+        raise ValueError(
+            f"out of memory after {len(written)} of {total} images; use a smaller size or batch"
+        ) from None
+
+
+def _run(args: argparse.Namespace, written: list) -> int:
     from genmodels.pipelines import generate
     from genmodels.pipelines.loading import load_pipeline
 
     opts = _options(args)
-    _check(args, opts)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = resolve_dtype(args.dtype, device)
+    device, dtype = _check(args, opts)
+    limits = _limits(args)
     pipe = load_pipeline(args.ckpt, dtype=dtype, device=device, vae=args.vae)
     if args.vae_tiling_above:
         pipe.vae.tiling = TilingConfig(min_size=args.vae_tiling_above)
@@ -178,27 +235,40 @@ def run(args: argparse.Namespace) -> int:
     common = dict(
         prompt=opts["prompt"], negative_prompt=opts["negative_prompt"], steps=opts["steps"],
         cfg_scale=opts["cfg"], sampler=opts["sampler"], scheduler=opts["scheduler"],
-        batch_size=args.batch_size,
+        batch_size=args.batch_size, limits=limits,
     )  # fmt: skip
     strength = None if args.mode == "txt2img" else opts["strength"]
     total = generate.sampling_steps(opts["steps"], strength) * args.n_iter
     bar = None if args.quiet else _progress(total, args.mode)
     callback = None if bar is None else (lambda info: bar.update(1))
-    seed = generate.resolve_seeds(opts["seed"], 1)[0]
-    results: list[tuple[GenerationParameters, object]] = []
+    seed = generate.resolve_seeds(opts["seed"], args.batch_size * args.n_iter)[0]
+    images, first = [], None
     try:
         for it in range(args.n_iter):
             kw = dict(common, seed=seed + it * args.batch_size, callback=callback)
             out = _generate_once(generate, pipe, args, opts, kw)
             for params, image in zip(out.parameters, out.images):
-                results.append((replace(params, **model_id), image))
+                text = format_infotext(replace(params, **model_id))
+                written.append(write_output(args.outdir, image_name(params.seed), image, text))
+                _print(written[-1], bar)
+                images.append(image)
+                first = first or text
             if bar is not None:
-                bar.set_postfix(images=len(results))
+                bar.set_postfix(images=len(written))
+        if args.grid and len(images) > 1:
+            grid = image_grid(images, cols=args.batch_size)
+            _print(write_output(args.outdir, grid_name, grid, first), bar)
     finally:
         if bar is not None:
             bar.close()
-    _write(args, results)
     return 0
+
+
+def _print(path: Path, bar) -> None:
+    if bar is not None:
+        bar.write(str(path), file=sys.stdout)
+    else:
+        print(path, flush=True)
 
 
 def _generate_once(generate, pipe, args: argparse.Namespace, opts: dict, kw: dict):
@@ -207,33 +277,16 @@ def _generate_once(generate, pipe, args: argparse.Namespace, opts: dict, kw: dic
     if args.mode == "img2img":
         size = dict(width=opts["width"], height=opts["height"])
         return generate.img2img(pipe, args.init_image, strength=opts["strength"], **size, **kw)
-    return generate.inpaint(pipe, args.init_image, args.mask, strength=opts["strength"], **kw)
+    size = dict(width=opts["width"], height=opts["height"])
+    return generate.inpaint(
+        pipe, args.init_image, args.mask, strength=opts["strength"], **size, **kw
+    )
 
 
 def _progress(total: int, mode: str):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=mode, unit="step", file=sys.stderr)
-
-
-def _write(args: argparse.Namespace, results: list) -> None:
-    args.outdir.mkdir(parents=True, exist_ok=True)
-    index = _next_index(args.outdir)
-    written: list[Path] = []
-    try:
-        for i, (params, image) in enumerate(results):
-            path = args.outdir / f"{index + i:05d}-{params.seed}.png"
-            written.append(save_png(image, path, format_infotext(params)))
-        if args.grid and len(results) > 1:
-            grid = image_grid([image for _, image in results], cols=args.batch_size)
-            path = args.outdir / f"grid-{index:05d}.png"
-            written.append(save_png(grid, path, format_infotext(results[0][0])))
-    except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
-        raise
-    for path in written:
-        print(path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,20 +7,26 @@ encodes ``--prompt`` with its frozen text encoder. A class-conditional run takes
 (default: the classes in turn, image i of class i mod num_classes). Guidance (``--cfg``) uses
 the null class or the empty prompt. Image i is drawn with seed ``seed + i``, so ``--n 4 --seed
 10`` gives the images of four single runs with seeds 10..13. Every PNG carries its settings as
-JSON in a ``parameters`` text chunk; ``--grid`` also writes them side by side in ``grid.png``.
+JSON in a ``parameters`` text chunk; ``--grid`` also writes them side by side. Files are named
+A1111's way, ``NNNNN-seed.png`` / ``grid-NNNNN.png`` with the next free number of the folder, so
+no run overwrites another's (``pipelines.outputs``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
+import math
 
 import torch
 from PIL import Image
 
 from genmodels.diffusion.samplers.registry import resolve_sampler
-from genmodels.pipelines.images import image_grid, save_png, tensor_to_pil
+from genmodels.pipelines.finite import check_finite
+from genmodels.pipelines.images import image_grid, tensor_to_pil
+from genmodels.pipelines.limits import MAX_PIXELS, MAX_STEPS
+from genmodels.pipelines.outputs import check_outdir, grid_name, image_name, write_output
+from genmodels.pipelines.seeds import check_seed
 from genmodels.pipelines.trained import TrainedRun, load_run, sample_cond
 
 __all__ = ["register", "run"]
@@ -46,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--raw", action="store_true", help="the raw weights, not the EMA ones")
     p.add_argument("--vae", default=None, help="VAE file/folder replacing the run's vae_path")
     p.add_argument("--scale", type=int, default=1, help="enlarge the PNGs (nearest)")
-    p.add_argument("--grid", action="store_true", help="also write grid.png")
+    p.add_argument("--grid", action="store_true", help="also write grid-NNNNN.png")
     p.add_argument("--outdir", default="samples")
     p.set_defaults(func=run)
 
@@ -78,10 +84,35 @@ def _conditioning(
     return {"y": labels}, {"y": torch.full((1,), tr.null, dtype=torch.long)}
 
 
-def run(args: argparse.Namespace) -> int:
+def _check_args(args: argparse.Namespace) -> None:
+    """The arguments that can be checked before the run is loaded."""
     if args.n < 1 or args.scale < 1:
         raise ValueError(f"--n and --scale must be >= 1, got {args.n} and {args.scale}")
+    if args.scale**2 > MAX_PIXELS:
+        raise ValueError(f"--scale {args.scale} is more than {math.isqrt(MAX_PIXELS)}")
+    if args.steps is not None and not 1 <= args.steps <= MAX_STEPS:
+        raise ValueError(f"--steps must be in [1, {MAX_STEPS}], got {args.steps}")
+    if args.cfg is not None and not (math.isfinite(args.cfg) and args.cfg >= 0):
+        raise ValueError(f"--cfg must be a finite number >= 0, got {args.cfg}")
+    check_seed(args.seed, args.n, "--seed")
+    check_outdir(args.outdir)
+
+
+def _check_size(args: argparse.Namespace, size: tuple[int, int]) -> None:
+    """Refuse (before sampling) outputs that ``--scale`` makes too large."""
+    h, w = size[0] * args.scale, size[1] * args.scale
+    if h * w > MAX_PIXELS or args.n * h * w * 3 > MAX_PIXELS * 3 * 16:
+        raise ValueError(
+            f"--n {args.n} images of {w}x{h} pixels (--scale {args.scale}) are more than the "
+            f"limit of {MAX_PIXELS} pixels per image or {MAX_PIXELS * 16} in all"
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_args(args)
     tr = load_run(args.run, use_ema=not args.raw, vae_path=args.vae)
+    f = 1 if tr.vae is None else tr.vae.downsample_factor
+    _check_size(args, (tr.sample_shape[-2] * f, tr.sample_shape[-1] * f))
     cond, uncond = _conditioning(tr, args)
     _, implied = resolve_sampler(args.sampler)
     scheduler = args.scheduler or implied or "karras"
@@ -93,12 +124,12 @@ def run(args: argparse.Namespace) -> int:
         tr.denoiser, (args.n, *tr.sample_shape), cond, uncond, steps=steps,
         guidance_scale=guidance, sampler=args.sampler, scheduler=scheduler, seed=args.seed,
     )  # fmt: skip
-    images = tensor_to_pil((tr.decode(x) + 1) / 2)
+    x = tr.decode(x)
+    check_finite(x, "the sampled images (NaN/Inf weights in the run's checkpoint?)")
+    images = tensor_to_pil((x + 1) / 2)
     if args.scale > 1:
         images = [im.resize((im.width * args.scale, im.height * args.scale), Image.NEAREST)
                   for im in images]  # fmt: skip
-    outdir = Path(args.outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
     labels = cond.get("y")
     for i, image in enumerate(images):
         params = {
@@ -107,9 +138,9 @@ def run(args: argparse.Namespace) -> int:
             "sampler": args.sampler, "scheduler": scheduler, "steps": steps, "cfg": guidance,
             "seed": args.seed + i,
         }  # fmt: skip
-        print(save_png(image, outdir / f"{args.seed + i:06d}.png", json.dumps(params)))
+        print(write_output(args.outdir, image_name(args.seed + i), image, json.dumps(params)))
     if args.grid:
         # classes in turn: one column per class; otherwise about square
         cols = min(tr.null, args.n) if labels is not None and args.class_label is None else None
-        print(save_png(image_grid(images, cols=cols), outdir / "grid.png"))
+        print(write_output(args.outdir, grid_name, image_grid(images, cols=cols)))
     return 0

@@ -8,22 +8,26 @@ sampled with seed ``seed + i``, so ``--n 4 --seed 10`` gives the same images as 
 seeds 10..13. An image-conditional model (``cond_image: lowres`` / ``edges``) takes the image
 its condition is made from with ``--cond-image``; ``--size`` above the training size samples
 through a sliding window of the training grid.
-Every PNG carries its settings as JSON in a ``parameters`` text chunk.
+Every PNG carries its settings as JSON in a ``parameters`` text chunk. Files are named A1111's
+way, ``NNNNN-seed.png`` with the next free number of the folder, so no run overwrites another's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
+import math
 
 import numpy as np
 import torch
 from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 
 from genmodels.checkpoints.runs import load_transformer, load_vqgan
 from genmodels.data.transforms import load_rgb, transform_image
+from genmodels.pipelines.image_reading import open_regular
+from genmodels.pipelines.limits import MAX_PIXELS
+from genmodels.pipelines.outputs import check_outdir, image_name, write_output
+from genmodels.pipelines.seeds import check_seed
 from genmodels.pipelines.vq_transformer import load_cond_stage, sample_images
 
 
@@ -75,9 +79,32 @@ def _load_cond(path: str, size: int, channels: int, n: int) -> torch.Tensor:
     return x.unsqueeze(0).expand(n, -1, -1, -1)
 
 
-def run(args: argparse.Namespace) -> int:
+def _check_args(args: argparse.Namespace) -> None:
+    """The arguments that can be checked before the checkpoint is loaded."""
     if args.n < 1 or args.scale < 1:
         raise ValueError(f"--n and --scale must be >= 1, got {args.n} and {args.scale}")
+    if args.size is not None and args.size < 1:
+        raise ValueError(f"--size must be >= 1, got {args.size}")
+    pixels = ((args.size or 1) * args.scale) ** 2
+    if pixels > MAX_PIXELS or args.n * pixels > 16 * MAX_PIXELS:
+        raise ValueError(
+            f"--n {args.n} images with --size {args.size} --scale {args.scale} are more than "
+            f"the limit of {MAX_PIXELS} pixels per image or {16 * MAX_PIXELS} in all"
+        )
+    if not math.isfinite(args.temperature) or args.temperature <= 0:
+        raise ValueError(f"--temperature must be a finite number > 0, got {args.temperature}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.top_k is not None and args.top_k < 1:
+        raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+    check_seed(args.seed, args.n, "--seed")
+    if args.cond_image is not None:
+        open_regular(args.cond_image, "--cond-image").close()
+    check_outdir(args.outdir)
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_args(args)
     vq = load_vqgan(args.ckpt)
     gpt, meta = load_transformer(args.ckpt)
     if meta.n_codes != vq.n_codes:
@@ -94,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.class_label is not None:
         raise ValueError("this model is not class-conditional: --class does not apply")
     size = args.size or meta.grid[0] * vq.cfg.downsample_factor
+    if (size * args.scale) ** 2 > MAX_PIXELS:
+        raise ValueError(f"{size * args.scale} px images are more than {MAX_PIXELS} pixels")
     cond_vq, cond = load_cond_stage(args.ckpt, meta, vq), None
     if cond_vq is not None:
         if args.cond_image is None:
@@ -107,8 +136,6 @@ def run(args: argparse.Namespace) -> int:
     images = sample_images(
         vq, gpt, meta, labels, args.n, *sampling, cond_images=cond, cond_vq=cond_vq, size=size
     )
-    outdir = Path(args.outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(images):
         params = {
             "ckpt": str(args.ckpt),
@@ -120,9 +147,6 @@ def run(args: argparse.Namespace) -> int:
             "size": size,
             "cond_image": args.cond_image,
         }
-        info = PngInfo()
-        info.add_text("parameters", json.dumps(params))
-        path = outdir / f"{args.seed + i:06d}.png"
-        _to_pil(image, args.scale).save(path, pnginfo=info)
-        print(path)
+        image = _to_pil(image, args.scale)
+        print(write_output(args.outdir, image_name(args.seed + i), image, json.dumps(params)))
     return 0

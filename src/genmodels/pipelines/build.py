@@ -25,6 +25,7 @@ from genmodels.models.autoencoder_kl import AutoencoderKL
 from genmodels.models.text.encoders import TextEncoder
 from genmodels.models.unet import UNetModel
 from genmodels.pipelines.conditioning import SIZE_EMBED_DIM
+from genmodels.pipelines.devices import resolve_device, resolve_dtype
 from genmodels.pipelines.latent_diffusion import LatentDiffusionPipeline, LoadInfo
 
 __all__ = ["build_pipeline", "save_pipeline"]
@@ -41,7 +42,7 @@ def build_pipeline(
     prediction: str = "eps",
     inpainting: bool = False,
     seed: int = 0,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     device: torch.device | str = "cpu",
 ) -> LatentDiffusionPipeline:
     """Assemble a pipeline from presets, initialised from ``torch.manual_seed(seed)``.
@@ -52,6 +53,8 @@ def build_pipeline(
     (the refiner keeps only tiny-sdxl's second, pooled embedder, as SDXL's refiner).
     The UNet's ``context_dim`` (and SDXL's ``adm_in_channels``) are set to fit the text encoder.
     """
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
     if model_type not in _MODEL_TYPES:
         raise ValueError(f"unknown model_type {model_type!r}; valid: {list(_MODEL_TYPES)}")
     family = "sdxl" if model_type.startswith("sdxl") else model_type

@@ -20,8 +20,8 @@ latent (A1111's CFGDenoiser mask), then the kept pixels are pasted back over the
 
 from __future__ import annotations
 
+import math
 import os
-import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -37,17 +37,20 @@ from genmodels.diffusion.samplers.registry import resolve_sampler
 from genmodels.diffusion.sampling import sample, sampler_sigmas
 from genmodels.diffusion.schedules import resolve_scheduler
 from genmodels.pipelines.conditioning import SDXLSizeConditioning, text_conditioning
-from genmodels.pipelines.images import load_image, pil_to_tensor, tensor_to_pil
+from genmodels.pipelines.finite import FiniteWatch, check_finite
+from genmodels.pipelines.image_reading import load_image
+from genmodels.pipelines.images import pil_to_tensor, tensor_to_pil
 from genmodels.pipelines.latent_diffusion import LatentDiffusionPipeline
-from genmodels.pipelines.metadata import GenerationParameters
+from genmodels.pipelines.limits import GenerationLimits, ModelSize, check_generation
+from genmodels.pipelines.metadata import MAX_INFOTEXT, GenerationParameters, format_infotext
+from genmodels.pipelines.seeds import MAX_SEED, resolve_seeds
 
 __all__ = [
     "GenerationResult", "LatentMaskBlend", "decode_latents", "encode_images", "img2img", "inpaint",
-    "resolve_seeds", "sampling_steps", "txt2img",
+    "MAX_SEED", "model_size", "resolve_seeds", "sampling_steps", "size_multiple", "txt2img",
 ]  # fmt: skip
 
 ImageInput = Image.Image | Tensor | str | os.PathLike
-MAX_SEED = 2**32 - 1
 
 
 @dataclass
@@ -83,40 +86,55 @@ class _ConcatInput(nn.Module):
 # -- inputs ------------------------------------------------------------------------------------
 
 
-def _size_multiple(pipe: LatentDiffusionPipeline) -> int:
+def size_multiple(pipe: LatentDiffusionPipeline) -> int:
+    """Sizes must be multiples of this: the VAE factor times the UNet's downsampling (64 for
+    SD 1.x/2.x/XL: 8 x 8), so every UNet level has whole latent pixels."""
     unet_factor = 2 ** (len(pipe.unet.config.channel_mult) - 1)
     return max(8, pipe.vae.downsample_factor * unet_factor)
 
 
+def model_size(pipe: LatentDiffusionPipeline) -> ModelSize:
+    """The sizes of ``pipe`` that the memory estimate uses."""
+    vae = pipe.vae.config
+    tiling = pipe.vae.tiling
+    return ModelSize(
+        latent_channels=vae.embed_dim, vae_factor=pipe.vae.downsample_factor,
+        vae_channels=vae.ch * vae.ch_mult[0], unet_channels=pipe.unet.config.model_channels,
+        tile_size=tiling.tile_size if tiling is not None else None,
+    )  # fmt: skip
+
+
 def _check_size(pipe: LatentDiffusionPipeline, width: object, height: object) -> None:
-    m = _size_multiple(pipe)
+    m = size_multiple(pipe)
+    f = pipe.vae.downsample_factor
     for name, v in (("width", width), ("height", height)):
         if not isinstance(v, int) or isinstance(v, bool) or v <= 0 or v % m:
-            raise ValueError(f"{name} must be a positive multiple of {m} for this model, got {v!r}")
+            raise ValueError(
+                f"{name} must be a positive multiple of {m} for this model (VAE factor {f} x "
+                f"UNet downsampling {m // f}), got {v!r}"
+            )
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _check_options(steps: object, cfg_scale: object, batch_size: object) -> None:
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+    if not _is_int(steps) or steps < 1:  # type: ignore[operator]
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+    if not _is_int(batch_size) or batch_size < 1:  # type: ignore[operator]
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if not isinstance(cfg_scale, int | float) or cfg_scale < 0:
-        raise ValueError(f"cfg_scale must be a number >= 0, got {cfg_scale!r}")
+    number = isinstance(cfg_scale, int | float) and not isinstance(cfg_scale, bool)
+    if not number or not math.isfinite(cfg_scale) or cfg_scale < 0:  # type: ignore[arg-type]
+        raise ValueError(f"cfg_scale must be a finite number >= 0, got {cfg_scale!r}")
 
 
-def resolve_seeds(seed: int | None, batch_size: int) -> list[int]:
-    """[seed, seed + 1, ...]; seed None or -1 draws a random one."""
-    if seed is None or seed == -1:
-        seed = random.randint(0, MAX_SEED)
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"seed must be an integer in [0, 2**32 - 1] (or -1: random), got {seed!r}")
-    return [seed + i for i in range(batch_size)]
-
-
-def _as_images(image: ImageInput, mode: str, what: str) -> Tensor:
+def _as_images(
+    image: ImageInput, mode: str, what: str, limits: GenerationLimits | None = None
+) -> Tensor:
     """(B, C, H, W) float32 in [0, 1] from a path, a PIL image or a tensor."""
     if isinstance(image, str | os.PathLike):
-        image = load_image(image, mode)
+        image = load_image(image, mode, None if limits is None else limits.max_pixels)
     if isinstance(image, Image.Image):
         return pil_to_tensor(image, mode)[None]
     if not isinstance(image, Tensor):
@@ -126,6 +144,7 @@ def _as_images(image: ImageInput, mode: str, what: str) -> Tensor:
     t = t[None] if t.ndim == 3 else t[None, None] if t.ndim == 2 else t
     if t.ndim != 4 or t.shape[1] != channels:
         raise ValueError(f"{what} tensor must be (B, {channels}, H, W), got {tuple(image.shape)}")
+    check_finite(t, what)
     return t
 
 
@@ -137,16 +156,17 @@ def _fit_batch(t: Tensor, batch_size: int, what: str) -> Tensor:
     return t.expand(batch_size, *t.shape[1:])
 
 
-def _resize(t: Tensor, width: int, height: int) -> Tensor:
+def _resize(t: Tensor, width: int, height: int, mode: str = "bicubic") -> Tensor:
     if t.shape[-2:] == (height, width):
         return t
-    return F.interpolate(t, size=(height, width), mode="bicubic", antialias=True).clamp(0, 1)
+    antialias = mode in ("bicubic", "bilinear")
+    return F.interpolate(t, size=(height, width), mode=mode, antialias=antialias).clamp(0, 1)
 
 
 def _check_strength(strength: object) -> float:
     if not isinstance(strength, int | float) or isinstance(strength, bool):
         raise ValueError(f"strength must be a number in [0, 1], got {strength!r}")
-    if not 0.0 <= strength <= 1.0:
+    if not 0.0 <= strength <= 1.0:  # also refuses NaN
         raise ValueError(f"strength must be in [0, 1], got {strength}")
     return float(strength)
 
@@ -181,6 +201,7 @@ def decode_latents(pipe: LatentDiffusionPipeline, latents: Tensor) -> Tensor:
             x = vae.decode_latents(latents.float())
         finally:
             vae.to(dtype)
+    check_finite(x, "the VAE decoder's output (NaN/Inf VAE weights?)")
     return ((x.float() + 1) / 2).clamp(0, 1).cpu()
 
 
@@ -239,10 +260,12 @@ def _run(
     if mask is not None and init is not None and not pipe.inpainting:
         keep = 1 - F.interpolate(mask, size=shape[-2:], mode="area").round().to(init)
         model = LatentMaskBlend(guided, init, keep)
+    watch = FiniteWatch(callback, steps=len(sigmas) - 1)
     latents = sample(
         model, shape, sampler=name, sigmas=sigmas, seeds=seeds, init=init, extra_args=cond,
-        callback=callback, disable=True, device=pipe.device, dtype=torch.float32,
+        callback=watch, disable=True, device=pipe.device, dtype=torch.float32,
     )  # fmt: skip
+    watch.check(latents)
     if keep is not None:
         latents = keep * init + (1 - keep) * latents
     return _finish(pipe, latents, params, seeds, images, mask)
@@ -263,21 +286,26 @@ def _finish(
 def _parameters(
     pipe: LatentDiffusionPipeline, prompt: object, negative_prompt: object, width: int,
     height: int, steps: int, cfg_scale: float, sampler: str, scheduler: str | None,
-    seed: int | None, batch_size: int, strength: float | None,
+    seed: int | None, batch_size: int, strength: float | None, limits: GenerationLimits,
 ) -> GenerationParameters:  # fmt: skip
     for what, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
         if not isinstance(text, str):
             raise ValueError(f"{what} must be a str, got {type(text).__name__}")
     _check_size(pipe, width, height)
     _check_options(steps, cfg_scale, batch_size)
+    check_generation(width, height, batch_size, steps, limits, model_size(pipe), pipe.device,
+                     pipe.dtype)  # fmt: skip
     name, implied = resolve_sampler(sampler)  # ValueError listing the valid names
     sched = resolve_scheduler(scheduler) if scheduler else implied or "normal"
-    seed = resolve_seeds(seed, 1)[0]
-    return GenerationParameters(
+    seed = resolve_seeds(seed, batch_size)[0]
+    p = GenerationParameters(
         prompt=prompt, negative_prompt=negative_prompt, steps=steps, sampler=name,  # type: ignore[arg-type]
         scheduler=sched, cfg_scale=float(cfg_scale), seed=seed, width=width, height=height,
         denoising_strength=strength, model_name=_model_name(pipe),
     )  # fmt: skip
+    if len(format_infotext(p)) > MAX_INFOTEXT - 1000:  # room for the model hash and name
+        raise ValueError(f"the prompts are too long to store in a PNG ({MAX_INFOTEXT} characters)")
+    return p
 
 
 def _model_name(pipe: LatentDiffusionPipeline) -> str | None:
@@ -304,10 +332,11 @@ def txt2img(
     batch_size: int = 1,
     callback: Callable[[dict], None] | None = None,
     sdxl: SDXLSizeConditioning | None = None,
+    limits: GenerationLimits = GenerationLimits(),  # noqa: B008 (frozen)
 ) -> GenerationResult:
     """Images from noise; image i uses seed ``seed + i`` (seed None or -1: random)."""
     p = _parameters(pipe, prompt, negative_prompt, width, height, steps, cfg_scale, sampler,
-                    scheduler, seed, batch_size, None)  # fmt: skip
+                    scheduler, seed, batch_size, None, limits)  # fmt: skip
     return _run(pipe, p, batch_size, callback, sdxl)
 
 
@@ -327,15 +356,16 @@ def img2img(
     batch_size: int = 1,
     callback: Callable[[dict], None] | None = None,
     sdxl: SDXLSizeConditioning | None = None,
+    limits: GenerationLimits = GenerationLimits(),  # noqa: B008 (frozen)
 ) -> GenerationResult:
     """Re-noise ``image`` to ``strength`` of the schedule and denoise it (A1111 semantics).
 
     ``width`` / ``height`` default to the image's size; otherwise the image is resized."""
     strength = _check_strength(strength)
-    images = _as_images(image, "RGB", "image")
+    images = _as_images(image, "RGB", "image", limits)
     width, height = width or images.shape[-1], height or images.shape[-2]
     p = _parameters(pipe, prompt, negative_prompt, width, height, steps, cfg_scale, sampler,
-                    scheduler, seed, batch_size, strength)  # fmt: skip
+                    scheduler, seed, batch_size, strength, limits)  # fmt: skip
     images = _fit_batch(_resize(images, width, height), batch_size, "image")
     init = encode_images(pipe, images)
     return _run(pipe, p, batch_size, callback, sdxl, init=init)
@@ -348,6 +378,8 @@ def inpaint(
     prompt: str,
     strength: float = 1.0,
     negative_prompt: str = "",
+    width: int | None = None,
+    height: int | None = None,
     steps: int = 20,
     cfg_scale: float = 7.0,
     sampler: str = "euler",
@@ -356,22 +388,24 @@ def inpaint(
     batch_size: int = 1,
     callback: Callable[[dict], None] | None = None,
     sdxl: SDXLSizeConditioning | None = None,
+    limits: GenerationLimits = GenerationLimits(),  # noqa: B008 (frozen)
 ) -> GenerationResult:
-    """Repaint where ``mask`` is 1 (white), keep where it is 0; output at the image's size.
+    """Repaint where ``mask`` is 1 (white), keep where it is 0.
 
-    The mask (rounded to 0/1) must have the image's size."""
+    The mask (rounded to 0/1) must have the image's size. ``width`` / ``height`` default to the
+    image's size; otherwise image and mask are resized (as A1111's "just resize")."""
     strength = _check_strength(strength)
-    images = _as_images(image, "RGB", "image")
-    masks = _as_images(mask, "L", "mask")
+    images = _as_images(image, "RGB", "image", limits)
+    masks = _as_images(mask, "L", "mask", limits)
     if masks.shape[-2:] != images.shape[-2:]:
         raise ValueError(
             f"mask size {tuple(masks.shape[-2:][::-1])} (WxH) differs from the image size "
             f"{tuple(images.shape[-2:][::-1])}"
         )
-    height, width = images.shape[-2:]
+    width, height = width or images.shape[-1], height or images.shape[-2]
     p = _parameters(pipe, prompt, negative_prompt, width, height, steps, cfg_scale, sampler,
-                    scheduler, seed, batch_size, strength)  # fmt: skip
-    images = _fit_batch(images, batch_size, "image")
-    masks = _fit_batch(masks, batch_size, "mask").round()
+                    scheduler, seed, batch_size, strength, limits)  # fmt: skip
+    images = _fit_batch(_resize(images, width, height), batch_size, "image")
+    masks = _fit_batch(_resize(masks, width, height, "bilinear"), batch_size, "mask").round()
     init = encode_images(pipe, images)
     return _run(pipe, p, batch_size, callback, sdxl, init=init, images=images, mask=masks)

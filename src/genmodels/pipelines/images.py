@@ -1,4 +1,5 @@
-"""Image helpers for generation: tensor <-> PIL, masks, grids, atomic PNG writes."""
+"""Image helpers for generation: tensor <-> PIL, masks, grids, atomic PNG writes (reading input
+images: ``image_reading``)."""
 
 from __future__ import annotations
 
@@ -13,17 +14,9 @@ from PIL import Image, PngImagePlugin
 from torch import Tensor
 
 from genmodels.checkpoints.atomic import write_atomic
+from genmodels.pipelines.image_reading import load_image
 
 __all__ = ["image_grid", "load_image", "pil_to_tensor", "save_png", "tensor_to_pil"]
-
-
-def load_image(path: str | os.PathLike, mode: str = "RGB") -> Image.Image:
-    """Open an image file fully (ValueError naming the file when missing or unreadable)."""
-    try:
-        with Image.open(path) as im:
-            return im.convert(mode)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read image {os.fspath(path)!r}: {exc}") from None
 
 
 def pil_to_tensor(image: Image.Image, mode: str = "RGB") -> Tensor:

@@ -75,12 +75,14 @@ class LatentDiffusionPipeline:
         return self.model_type.startswith("sdxl")
 
     def to(
-        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+        self, device: torch.device | str | None = None, dtype: torch.dtype | str | None = None
     ) -> LatentDiffusionPipeline:
         """Move every component (in place) and return self. The denoiser's sigma table stays
         fp32 whatever ``dtype`` is."""
-        device = torch.device(device) if device is not None else self.device
-        dtype = dtype or self.dtype
+        from genmodels.pipelines.devices import resolve_device, resolve_dtype
+
+        device = resolve_device(device) if device is not None else self.device
+        dtype = resolve_dtype(dtype, device) if dtype is not None else self.dtype
         for module in (self.unet, self.vae, self.text_encoder):
             module.to(device=device, dtype=dtype)
         self.denoiser.to(device=device)

@@ -15,6 +15,7 @@ initialised model.
 from __future__ import annotations
 
 import os
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,6 +53,7 @@ from genmodels.diffusion.schedules import make_alphas_cumprod
 from genmodels.models.autoencoder_kl import AutoencoderKL
 from genmodels.models.text.encoders import TextEncoder
 from genmodels.models.unet import UNetModel
+from genmodels.pipelines.devices import resolve_device, resolve_dtype
 from genmodels.pipelines.latent_diffusion import LatentDiffusionPipeline, LoadInfo
 
 StateDict = dict[str, Tensor]
@@ -83,18 +85,24 @@ _INIT_FUNCTIONS = ("normal_", "uniform_", "kaiming_uniform_", "kaiming_normal_",
                    "xavier_normal_", "trunc_normal_", "zeros_", "ones_", "constant_")  # fmt: skip
 
 
+_INIT_LOCK = threading.Lock()
+
+
 @contextmanager
 def _no_weight_init() -> Iterator[None]:
     """Skip ``torch.nn.init`` while building meta modules whose weights are all assigned next
-    (as transformers' ``no_init_weights``): the meta ``normal_`` alone costs ~2 s on first use."""
-    saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
-    for name in _INIT_FUNCTIONS:
-        setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
-    try:
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(nn.init, name, fn)
+    (as transformers' ``no_init_weights``): the meta ``normal_`` alone costs ~2 s on first use.
+    The lock keeps two loading threads from saving each other's stubs as the "originals",
+    which disabled ``nn.init`` for the rest of the process."""
+    with _INIT_LOCK:
+        saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
+        for name in _INIT_FUNCTIONS:
+            setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        try:
+            yield
+        finally:
+            for name, fn in saved.items():
+                setattr(nn.init, name, fn)
 
 
 def _build(factory: type[nn.Module], config: object, meta: bool) -> nn.Module:
@@ -249,7 +257,7 @@ def inspect_checkpoint(
 
 def load_pipeline(
     path: str | os.PathLike,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     device: torch.device | str = "cpu",
     vae: str | os.PathLike | None = None,
     prediction: str | None = None,
@@ -263,8 +271,10 @@ def load_pipeline(
     "v" overrides detection (SD 2 768-v and 512-base have identical shapes). ``use_ema``: take
     the UNet from the ``model_ema.*`` tensors. ``strict=False`` loads what fits and keeps the
     rest randomly initialised (listed in ``info.missing_keys``). ``clip_skip``: A1111 numbering.
+    ``dtype``: a floating dtype or its name ("fp16", "bfloat16", "auto", ...).
     """
-    device = torch.device(device)
+    device = resolve_device(device)  # ValueError before any file is read
+    dtype = resolve_dtype(dtype, device)
     plan = _plan(path, vae, prediction, use_ema, clip_skip, meta=strict, dtype=dtype)
     if plan.vae is None:
         raise CheckpointError(f"{path}: the checkpoint has no VAE; pass one with vae=PATH")
