@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     loaded = read_yaml(config) if config is not None else {}
     task = resolve_task(loaded, overrides, args.preset)
-    cfg = build_config(task, loaded, overrides, preset=args.preset)
+    cfg = build_config(task, loaded, overrides, preset=args.preset, source=config)
     if args.print_config:
         print(dump_config(cfg), end="")
         return 0

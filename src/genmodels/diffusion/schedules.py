@@ -92,13 +92,15 @@ def rescale_zero_terminal_snr(alphas_cumprod: Tensor) -> Tensor:
 
     Shifts and scales sqrt(alphas_cumprod) so the last step has exactly zero SNR and the first
     is unchanged. The terminal value is then set to ``ZERO_SNR_ALPHA_CUMPROD`` so that sigma
-    stays finite for samplers (ComfyUI's convention).
+    stays finite for samplers (ComfyUI's convention), or to a quarter of the step before it when
+    that is smaller (schedules such as DDPM's linear one reach below it a step early), so the
+    last step stays the noisiest.
     """
     sqrt_ab = alphas_cumprod.double().sqrt()
     first, last = sqrt_ab[0].clone(), sqrt_ab[-1].clone()
     sqrt_ab = (sqrt_ab - last) * first / (first - last)
     out = sqrt_ab**2
-    out[-1] = ZERO_SNR_ALPHA_CUMPROD
+    out[-1] = min(ZERO_SNR_ALPHA_CUMPROD, float(out[-2]) / 4)
     return out
 
 

@@ -283,7 +283,7 @@ class Run:
     def log(self, extra: dict[str, float] | None = None) -> dict[str, float]:
         """Average the window into a record (plus ``extra``), write it and open a new window."""
         seconds = time.perf_counter() - self._t0
-        record = self.window.mean()
+        record = {"step": self.step} | self.window.mean()
         for summary in self.summaries:
             record |= summary(self.window.sums, self.window.count)
         record |= extra or {}

@@ -101,16 +101,24 @@ def _check_moved(data: dict[str, Any], where: str) -> None:
             )
 
 
+def _preset_fields(task: Task, name: Any, key: str) -> dict[str, Any]:
+    """The fields of the architecture preset ``name``; errors name the config ``key``."""
+    try:
+        return task.model_preset(name)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{key}: {exc}") from None
+
+
 def _resolve_model(data: dict[str, Any], task: Task) -> None:
     """``model: NAME`` / ``model: {preset: NAME, ...}`` -> the preset's fields (+ changes)."""
     model = data.get("model")
     if task.model_preset is None:
         return
     if isinstance(model, str):
-        data["model"] = task.model_preset(model)
+        data["model"] = _preset_fields(task, model, "model")
     elif isinstance(model, dict) and "preset" in model:
         rest = {k: v for k, v in model.items() if k != "preset"}
-        data["model"] = {**task.model_preset(model["preset"]), **rest}
+        data["model"] = {**_preset_fields(task, model["preset"], "model.preset"), **rest}
 
 
 def resolve_task(loaded: dict[str, Any], overrides: list[str], preset: str | None) -> str:
@@ -141,17 +149,20 @@ def build_config(
     yaml: str | Path | dict[str, Any] | None = None,
     overrides: list[str] | None = None,
     preset: str | TaskConfig | None = None,
+    source: str | Path | None = None,
 ) -> TaskConfig:
     """The ``task`` config: ``preset`` (a name or a config; default the task's defaults), then
     ``yaml`` (a file or a mapping, without or with a matching ``task`` key), then ``key=value``
-    overrides (``model=NAME`` names an architecture preset); every key and value checked."""
+    overrides (``model=NAME`` names an architecture preset); every key and value checked.
+    ``source``: the file a ``yaml`` mapping was read from, named in its errors."""
     if task not in TASKS:
         raise ValueError(f"task: unknown {task!r}; valid: {', '.join(TASKS)}")
     spec = TASKS[task]
     base = get_preset(preset) if isinstance(preset, str) else preset
     if base is not None and not isinstance(base, spec.config):
         raise ValueError(f"task: {task!r} does not match the preset (a {task_of(base)} config)")
-    where = f"{yaml}: " if isinstance(yaml, (str, Path)) else ""
+    source = yaml if isinstance(yaml, (str, Path)) else source
+    where = f"{source}: " if source is not None else ""
     loaded = dict(read_yaml(yaml) if isinstance(yaml, (str, Path)) else (yaml or {}))
     if loaded.pop("task", task) != task:
         raise ValueError(f"{where}task: the file is not a {task!r} config")
@@ -164,7 +175,7 @@ def build_config(
         if key.strip() in ("model", "model.preset") and spec.model_preset is not None:
             value = parse_value(key, raw)
             if isinstance(value, str):  # an architecture preset replaces the whole section
-                data["model"] = spec.model_preset(value)
+                data["model"] = _preset_fields(spec, value, key.strip())
                 continue
         data = apply_overrides(data, [item])
     _resolve_model(data, spec)
@@ -174,7 +185,7 @@ def build_config(
 def load_config(path: str | Path, overrides: list[str] | None = None) -> TaskConfig:
     """A config file with its ``task:`` (``diffusion`` when it has none, as older run files)."""
     loaded = read_yaml(path)
-    return build_config(loaded.pop("task", "diffusion"), loaded, overrides)
+    return build_config(loaded.pop("task", "diffusion"), loaded, overrides, source=path)
 
 
 def output_of(cfg: TaskConfig) -> tuple[str, tuple[str, ...] | None]:
