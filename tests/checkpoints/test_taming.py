@@ -107,8 +107,8 @@ def test_lightning_ckpt_round_trip(variant: str, tmp_path: Path, lightning) -> N
     load_taming_vq(original, sd)
     path = lightning(sd, tmp_path / "logs" / "run" / "checkpoints" / "last.ckpt")
     model = load_taming_vqgan(path)
-    assert model.cfg.quantizer == cfg[variant].quantizer and model.cfg.resolution == 256
-    assert model.cfg.attn_resolutions == (128,) and model.cfg.remap == cfg[variant].remap
+    assert model.config.quantizer == cfg[variant].quantizer and model.config.resolution == 256
+    assert model.config.attn_resolutions == (128,) and model.config.remap == cfg[variant].remap
     x = torch.rand(2, 3, 8, 8) * 2 - 1
     with torch.no_grad():
         torch.manual_seed(0)  # the Gumbel quantiser draws noise in eval mode too
@@ -233,9 +233,9 @@ def test_image_and_coord_conditioning_is_refused(cond: str, tmp_path: Path) -> N
     with pytest.raises(CheckpointError, match="conditioning cannot be expressed"):
         import_taming(ckpt, tmp_path / "run")
     # its stages still load on their own (the segmentation VQGAN without its colorize buffer)
-    assert load_taming_vqgan(ckpt).cfg.n_embed == 16
+    assert load_taming_vqgan(ckpt).config.n_embed == 16
     if cond == "vqgan":
-        assert load_taming_vqgan(ckpt, prefix="cond_stage_model.").cfg.in_channels == 5
+        assert load_taming_vqgan(ckpt, prefix="cond_stage_model.").config.in_channels == 5
 
 
 def test_unknown_permuter_order_is_refused(tmp_path: Path) -> None:
@@ -256,7 +256,7 @@ def test_vqgan_only_import_and_existing_destination(tmp_path: Path) -> None:
         import_taming(tmp_path / "vq.ckpt", tmp_path / "out", n_head=2)
     (tmp_path / "empty").mkdir()
     done = import_taming(tmp_path / "vq.ckpt", tmp_path / "empty")
-    assert done.meta is None and load_vqgan(tmp_path / "empty").cfg == done.vq.cfg
+    assert done.meta is None and load_vqgan(tmp_path / "empty").config == done.vq.config
 
 
 def test_bad_inputs_name_the_file_and_key(tmp_path: Path) -> None:

@@ -90,7 +90,7 @@ def save_vqgan(
     directory.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     write_atomic(directory / f"{name}.safetensors", lambda p: save_file(weights, str(p)))
-    text = json.dumps({"config": model.cfg.to_dict()} | (extra or {}), indent=2)
+    text = json.dumps({"config": model.config.to_dict()} | (extra or {}), indent=2)
     write_atomic(directory / f"{name}.json", lambda p: p.write_text(text))
     return directory
 

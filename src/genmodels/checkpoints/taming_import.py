@@ -113,11 +113,11 @@ def _conditioning(
 def _grid(order: torch.Tensor | None, vq: VQModel, size: int | None) -> tuple[int, int]:
     """The code grid: from the permuter's length (square) or the image size."""
     if size is not None:
-        grid = vq.cfg.latent_shape(size)
+        grid = vq.config.latent_shape(size)
     elif order is not None and math.isqrt(order.numel()) ** 2 == order.numel():
         return (math.isqrt(order.numel()),) * 2
     else:
-        grid = vq.cfg.latent_shape(vq.cfg.resolution)
+        grid = vq.config.latent_shape(vq.config.resolution)
     if order is not None and order.numel() != grid[0] * grid[1]:
         raise ValueError(f"the permuter orders {order.numel()} codes, not a {grid} grid")
     return grid

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         sos_token=args.sos_token,
         size=args.size,
     )
-    cfg = done.vq.cfg
+    cfg = done.vq.config
     print(
         f"{args.src} -> {args.dst}: VQGAN f{cfg.downsample_factor}, {cfg.n_embed} codes "
         f"({cfg.quantizer})"

@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         labels = torch.full((args.n,), args.class_label, dtype=torch.long)
     elif args.class_label is not None:
         raise ValueError("this model is not class-conditional: --class does not apply")
-    size = args.size or meta.grid[0] * vq.cfg.downsample_factor
+    size = args.size or meta.grid[0] * vq.config.downsample_factor
     if (size * args.scale) ** 2 > MAX_PIXELS:
         raise ValueError(f"{size * args.scale} px images are more than {MAX_PIXELS} pixels")
     cond_vq, cond = load_cond_stage(args.ckpt, meta, vq), None
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(
                 f"this model is conditioned on an image ({meta.cond_image}): pass --cond-image"
             )
-        cond = _load_cond(args.cond_image, size, vq.cfg.in_channels, args.n)
+        cond = _load_cond(args.cond_image, size, vq.config.in_channels, args.n)
     elif args.cond_image is not None:
         raise ValueError("this model is not image-conditional: --cond-image does not apply")
     sampling = (args.seed, args.temperature, args.top_k, args.top_p)

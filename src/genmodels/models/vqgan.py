@@ -63,7 +63,7 @@ class VQModel(nn.Module):
 
     def __init__(self, cfg: VQConfig) -> None:
         super().__init__()
-        self.cfg = cfg
+        self.config = cfg
         self.encoder = Encoder(**cfg.encoder_kwargs())
         self.decoder = Decoder(**cfg.decoder_kwargs())
         self.quantize = build_quantizer(cfg)
@@ -73,7 +73,7 @@ class VQModel(nn.Module):
     @property
     def n_codes(self) -> int:
         """Number of distinct code indices (the GPT's image vocabulary; remapped with remap)."""
-        return getattr(self.quantize, "re_embed", self.cfg.n_embed)
+        return getattr(self.quantize, "re_embed", self.config.n_embed)
 
     def encode_to_prequant(self, x: Tensor) -> Tensor:
         """x (B, in_channels, H, W) -> z_e (B, embed_dim, H/f, W/f), before quantisation."""
@@ -85,9 +85,9 @@ class VQModel(nn.Module):
 
     def decode(self, quant: Tensor) -> Tensor:
         """z_q (B, embed_dim, h, w) -> image (B, out_ch, h*f, w*f)."""
-        if quant.ndim != 4 or quant.shape[1] != self.cfg.embed_dim:
+        if quant.ndim != 4 or quant.shape[1] != self.config.embed_dim:
             raise ValueError(
-                f"expected quantised latent (B, {self.cfg.embed_dim}, h, w), got "
+                f"expected quantised latent (B, {self.config.embed_dim}, h, w), got "
                 f"{tuple(quant.shape)}"
             )
         return self.decoder(self.post_quant_conv(quant))
@@ -103,7 +103,7 @@ class VQModel(nn.Module):
         if shape is None and indices.ndim != 3:
             raise ValueError(
                 f"indices of shape {tuple(indices.shape)} need shape=(B, h, w, "
-                f"{self.cfg.embed_dim}); or pass (B, h, w) indices"
+                f"{self.config.embed_dim}); or pass (B, h, w) indices"
             )
         quant = self.quantize.get_codebook_entry(indices, shape)  # (B, C, h, w)
         return self.decode(quant)

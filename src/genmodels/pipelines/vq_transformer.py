@@ -49,8 +49,8 @@ def sample_images(
     of the training grid. Tokens outside the image vocabulary are never drawn.
     """
     device = next(gpt.parameters()).device
-    f, (h, w) = vq.cfg.downsample_factor, meta.grid
-    gh, gw = vq.cfg.latent_shape(size) if size is not None else (h, w)
+    f, (h, w) = vq.config.downsample_factor, meta.grid
+    gh, gw = vq.config.latent_shape(size) if size is not None else (h, w)
     if gh < h or gw < w:
         raise ValueError(f"size {size} is below the training size {h * f}")
     cond_codes = None
@@ -62,7 +62,7 @@ def sample_images(
         cond_vq = vq if cond_vq is None else cond_vq
         # for a larger output the conditioning image grows with it (pixels per cond code fixed)
         px = meta.cond_size * gh // h
-        x = make_cond_image(cond_images.to(device), meta.cond_image, px, cond_vq.cfg.in_channels)
+        x = make_cond_image(cond_images.to(device), meta.cond_image, px, cond_vq.config.in_channels)
         cond_codes = encode_codes(cond_vq, x)  # (n, ch, cw)
     elif cond_images is not None:
         raise ValueError("this model is not image-conditional: cond_images do not apply")

@@ -67,10 +67,10 @@ def _prepare(cfg: TransformerRunConfig, device: torch.device) -> tuple:
     dataset = build_task_dataset(cfg.data)
     images = all_images(dataset)
     labels = getattr(dataset, "labels", None)
-    if images.shape[1] != vq.cfg.in_channels:
+    if images.shape[1] != vq.config.in_channels:
         raise ValueError(
             f"data has {images.shape[1]} channels, the VQGAN in {cfg.vqgan_dir} expects "
-            f"{vq.cfg.in_channels}"
+            f"{vq.config.in_channels}"
         )
     if cfg.n_classes > 0:
         if labels is None or int(torch.as_tensor(labels).min()) < 0:
@@ -86,7 +86,7 @@ def _prepare(cfg: TransformerRunConfig, device: torch.device) -> tuple:
     if cfg.cond_image is not None:
         cond_vq = load_vqgan(cfg.cond_vqgan_dir).to(device) if cfg.cond_vqgan_dir else vq
         size = cfg.cond_size or cfg.data.size // (2 if cfg.cond_image == "lowres" else 1)
-        x = make_cond_image(images, cfg.cond_image, size, cond_vq.cfg.in_channels)
+        x = make_cond_image(images, cfg.cond_image, size, cond_vq.config.in_channels)
         cond_codes = encode_codes(cond_vq, x.to(device)).cpu()  # (N, ch, cw)
         cond = {"cond_image": cfg.cond_image, "cond_size": size,
                 "cond_grid": tuple(cond_codes.shape[1:]), "cond_n_codes": cond_vq.n_codes,

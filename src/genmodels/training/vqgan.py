@@ -74,7 +74,7 @@ def reconstruct_psnr(model: VQModel, images: Tensor, batch_size: int = 256) -> t
     """PSNR (dB) of the reconstructions of ``images`` and code counts (n_embed,) over them."""
     model.eval()
     device = next(model.parameters()).device
-    counts = torch.zeros(model.cfg.n_embed, dtype=torch.long)
+    counts = torch.zeros(model.config.n_embed, dtype=torch.long)
 
     def reconstruct(x: Tensor) -> Tensor:
         x_rec, _, info = model(x.to(device))
