@@ -90,12 +90,10 @@ def _keys(label: str, keys: list[str], show_all: bool) -> list[str]:
     return lines
 
 
-def format_info(
-    spec: ModelSpec, info: LoadInfo, show_all: bool = False, shapes: list[str] | None = None
-) -> str:
-    """Human-readable summary of ``inspect_checkpoint``'s result (``shapes``: the tensors whose
-    shape does not fit the architecture, as ``load_pipeline`` reports them)."""
-    shapes = shapes or []
+def format_info(spec: ModelSpec, info: LoadInfo, show_all: bool = False) -> str:
+    """Human-readable summary of ``inspect_checkpoint``'s result, the keys whose shape does not
+    fit the architecture (``info.wrong_shapes``, as ``load_pipeline`` refuses them) included."""
+    shapes = info.wrong_shapes
     preset = f" (UNet preset {info.unet_preset})" if info.unet_preset else ""
     total = sum(info.parameters.values())
     lines = [
@@ -124,19 +122,6 @@ def format_info(
     else:
         lines.append("loads strictly: yes")
     return "\n".join(lines)
-
-
-def inspect_with_shapes(
-    path: Path, vae: Path | None, prediction: str | None
-) -> tuple[ModelSpec, LoadInfo, list[str]]:
-    """``inspect_checkpoint`` plus the wrong-shape keys that ``load_pipeline`` refuses.
-
-    ``LoadInfo`` has no field for them, so this goes through the loader's own matching plan
-    (``pipelines.loading._plan`` on meta modules): one implementation of the check."""
-    from genmodels.pipelines import loading
-
-    plan = loading._plan(path, vae, prediction, False, None, meta=True)
-    return plan.spec, loading._info(plan, path, vae, False), list(plan.shapes)
 
 
 def format_run(path: Path) -> str:
@@ -176,6 +161,8 @@ def run(args: argparse.Namespace) -> int:
     if path.is_dir() and not is_diffusers_folder(path) and is_run_folder(path):
         print(format_run(path))
         return 0
-    spec, info, shapes = inspect_with_shapes(path, args.vae, args.prediction)
-    print(format_info(spec, info, args.keys, shapes))
+    from genmodels.pipelines.loading import inspect_checkpoint
+
+    spec, info = inspect_checkpoint(path, args.vae, args.prediction)
+    print(format_info(spec, info, args.keys))
     return 0

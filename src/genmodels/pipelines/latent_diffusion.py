@@ -40,6 +40,7 @@ class LoadInfo:
     parameters: dict[str, int] = field(default_factory=dict)  # component -> parameter count
     unused_keys: list[str] = field(default_factory=list)
     missing_keys: list[str] = field(default_factory=list)
+    wrong_shapes: list[str] = field(default_factory=list)  # keys load_pipeline refuses
     has_ema: bool = False
     used_ema: bool = False
     vae_source: str | None = None  # a separate VAE file given with vae=

@@ -240,7 +240,8 @@ def _info(plan: _Plan, path: str | os.PathLike, vae: object, use_ema: bool) -> L
             k for k in set(plan.parts.unused) | set(plan.unexpected) | set(plan.skipped)
             if not (use_ema and k.startswith(EMA_PREFIX))  # the EMA copy became the UNet
         ),
-        missing_keys=plan.missing, has_ema=spec.has_ema, used_ema=use_ema,
+        missing_keys=plan.missing, wrong_shapes=list(plan.shapes), has_ema=spec.has_ema,
+        used_ema=use_ema,
         vae_source=None if vae is None else str(vae),
     )  # fmt: skip
 
