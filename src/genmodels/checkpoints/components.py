@@ -25,13 +25,14 @@ from dataclasses import dataclass, field
 from torch import Tensor
 
 from genmodels.checkpoints.openclip_keys import hf_to_openclip, openclip_to_hf
+from genmodels.models.family import MODEL_FAMILIES, ModelFamily
 
 StateDict = dict[str, Tensor]
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 EMA_PREFIX = "model_ema."
-FAMILIES = ("sd1", "sd2", "sdxl-base", "sdxl-refiner")
+FAMILIES = MODEL_FAMILIES
 
 TEXT_PREFIXES: dict[str, tuple[tuple[str, str], ...]] = {
     "sd1": (("cond_stage_model.transformer.", "hf"),),
@@ -54,7 +55,7 @@ class Components:
     unused: StateDict = field(default_factory=dict)  # full original keys
 
 
-def _check_family(family: str) -> None:
+def _check_family(family: ModelFamily) -> None:
     if family not in TEXT_PREFIXES:
         raise ValueError(f"unknown model family {family!r}; valid names: {list(TEXT_PREFIXES)}")
 
@@ -63,7 +64,7 @@ def _strip(sd: Mapping[str, Tensor], prefix: str) -> StateDict:
     return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
-def split_checkpoint(sd: Mapping[str, Tensor], family: str) -> Components:
+def split_checkpoint(sd: Mapping[str, Tensor], family: ModelFamily) -> Components:
     """Split an LDM/sgm state dict of ``family`` into UNet, VAE, text encoders and the rest."""
     _check_family(family)
     out = Components(unet=_strip(sd, UNET_PREFIX), vae=_strip(sd, VAE_PREFIX))
@@ -82,7 +83,7 @@ def split_checkpoint(sd: Mapping[str, Tensor], family: str) -> Components:
     return out
 
 
-def join_checkpoint(parts: Components, family: str) -> StateDict:
+def join_checkpoint(parts: Components, family: ModelFamily) -> StateDict:
     """Inverse of ``split_checkpoint``: prefixed LDM/sgm keys (``unused`` merged back as is)."""
     _check_family(family)
     prefixes = TEXT_PREFIXES[family]
@@ -125,7 +126,7 @@ def ema_unet(sd: Mapping[str, Tensor], unet: Mapping[str, Tensor]) -> StateDict:
     return {k: sd[ema_key(k)] for k in unet}
 
 
-def detect_family_from_keys(sd: Mapping[str, Tensor]) -> str | None:
+def detect_family_from_keys(sd: Mapping[str, Tensor]) -> ModelFamily | None:
     """The family named by the text-encoder prefixes present, or None."""
     if any(k.startswith("conditioner.embedders.1.") for k in sd):
         return "sdxl-base"

@@ -47,6 +47,7 @@ from genmodels.configs.text import (
     TextEncoderConfig,
 )
 from genmodels.configs.unet import UNetConfig
+from genmodels.models.family import ModelFamily
 
 PREDICTIONS = ("eps", "v")
 V_PRED_STD_THRESHOLD = 0.09  # ComfyUI supported_models.SD20.model_type / A1111
@@ -77,7 +78,7 @@ _EXPECTED_MARKERS = (
 class ModelSpec:
     """Everything needed to build the pipeline of a checkpoint."""
 
-    family: str  # "sd1" | "sd2" | "sdxl-base" | "sdxl-refiner"
+    family: ModelFamily
     unet: UNetConfig
     vae: AutoencoderConfig | None  # None: the file has no VAE (give one with vae=)
     text: TextEncoderConfig
@@ -115,7 +116,7 @@ def unknown_architecture(sd: Mapping[str, Tensor], reason: str) -> CheckpointErr
     )
 
 
-def detect_family(sd: Mapping[str, Tensor]) -> str:
+def detect_family(sd: Mapping[str, Tensor]) -> ModelFamily:
     """The model family of an LDM/sgm state dict (full keys)."""
     if not any(k.startswith(UNET_PREFIX) for k in sd):
         raise unknown_architecture(sd, f"no {UNET_PREFIX}* tensors")
@@ -141,7 +142,7 @@ def detect_family(sd: Mapping[str, Tensor]) -> str:
 
 
 def detect_prediction(
-    unet: Mapping[str, Tensor], sd: Mapping[str, Tensor], family: str, in_channels: int
+    unet: Mapping[str, Tensor], sd: Mapping[str, Tensor], family: ModelFamily, in_channels: int
 ) -> tuple[str, str, bool]:
     """(prediction, rule that decided, zero_terminal_snr) from marker keys and weights."""
     ztsnr = "ztsnr" in sd
@@ -159,13 +160,15 @@ def detect_prediction(
     return "eps", "default (no v-prediction marker)", ztsnr
 
 
-def _template(family: str) -> tuple[EmbedderConfig, ...]:
+def _template(family: ModelFamily) -> tuple[EmbedderConfig, ...]:
     if family == "sdxl-refiner":  # sgm refiner: only the OpenCLIP bigG embedder of the base
         return (ENCODER_PRESETS["sdxl"].embedders[1],)
     return ENCODER_PRESETS[_ENCODER_PRESET[family]].embedders
 
 
-def text_config_for(family: str, texts: list[CLIPTextConfig] | None = None) -> TextEncoderConfig:
+def text_config_for(
+    family: ModelFamily, texts: list[CLIPTextConfig] | None = None
+) -> TextEncoderConfig:
     """The family's text conditioner rules (layer, norm, padding) on measured CLIP configs
     (None: the released model sizes)."""
     template = _template(family)

@@ -17,6 +17,7 @@ from genmodels.configs.autoencoder import PRESETS as VAE_PRESETS
 from genmodels.configs.autoencoder import AutoencoderConfig
 from genmodels.configs.text import CLIPTextConfig
 from genmodels.configs.unet import UNetConfig
+from genmodels.models.family import ModelFamily
 
 DIFFUSERS_VERSION = "0.42.1"
 ADDITION_TIME_EMBED_DIM = 256  # SDXL base and refiner: sgm ConcatTimestepEmbedderND(outdim=256)
@@ -112,7 +113,7 @@ def vae_config_to_diffusers(cfg: AutoencoderConfig) -> dict[str, Any]:
     }
 
 
-def vae_config_from_diffusers(data: dict[str, Any], family: str) -> AutoencoderConfig:
+def vae_config_from_diffusers(data: dict[str, Any], family: ModelFamily) -> AutoencoderConfig:
     """AutoencoderConfig of a diffusers ``AutoencoderKL`` config dict (its sizes bounded; the
     comparison with the weights is ``config_checks.check_diffusers_vae``)."""
     check_bounds(data, DIFFUSERS_VAE_LIMITS, "diffusers VAE config")

@@ -54,6 +54,7 @@ from genmodels.checkpoints.io import (
     save_state_dict,
     write_json,
 )
+from genmodels.models.family import ModelFamily
 from genmodels.models.text.tokenizer import build_vocab, load_merges
 
 StateDict = dict[str, Tensor]
@@ -142,7 +143,7 @@ def check_complete(root: Path) -> None:
         )
 
 
-def _family(root: Path) -> str:
+def _family(root: Path) -> ModelFamily:
     has1, has2 = (root / "text_encoder").is_dir(), (root / "text_encoder_2").is_dir()
     if has1 and has2:
         return "sdxl-base"

@@ -23,6 +23,7 @@ from genmodels.configs.autoencoder import PRESETS as VAE_PRESETS
 from genmodels.configs.autoencoder import AutoencoderConfig
 from genmodels.configs.text import TEXT_PRESETS, CLIPTextConfig
 from genmodels.configs.unet import UNET_PRESETS, UNetConfig
+from genmodels.models.family import ModelFamily
 
 StateDict = Mapping[str, Tensor]
 
@@ -53,7 +54,7 @@ def _depth(sd: StateDict, block: str) -> int:
     return _max_index(sd, re.escape(block) + r"\.transformer_blocks\.(\d+)\.")
 
 
-def infer_unet_config(sd: StateDict, family: str) -> UNetConfig:
+def infer_unet_config(sd: StateDict, family: ModelFamily) -> UNetConfig:
     """UNetConfig of an LDM-layout UNet state dict (``model.diffusion_model.`` stripped)."""
     what = "UNet"
     conv_in = _require(sd, "input_blocks.0.0.weight", what)  # (mc, in, 3, 3)
@@ -112,7 +113,7 @@ def _unet_signature(cfg: UNetConfig) -> dict[str, Any]:
     return {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in skip}
 
 
-def _with_heads(kw: dict[str, Any], family: str) -> UNetConfig:
+def _with_heads(kw: dict[str, Any], family: ModelFamily) -> UNetConfig:
     """Complete the measured fields with the unmeasurable ones (heads, attention upcast)."""
     probe = UNetConfig(**kw, num_heads=1)
     for preset in UNET_PRESETS.values():
@@ -142,7 +143,7 @@ def unet_preset_name(cfg: UNetConfig) -> str | None:
     return None
 
 
-def infer_vae_config(sd: StateDict, family: str) -> AutoencoderConfig:
+def infer_vae_config(sd: StateDict, family: ModelFamily) -> AutoencoderConfig:
     """AutoencoderConfig of an LDM-layout VAE state dict (``first_stage_model.`` stripped)."""
     what = "VAE"
     conv_in = _require(sd, "encoder.conv_in.weight", what)  # (ch, in, 3, 3)

@@ -16,6 +16,7 @@ from genmodels.checkpoints.io import CheckpointError
 from genmodels.configs.autoencoder import AutoencoderConfig
 from genmodels.configs.text import CLIPTextConfig, EmbedderConfig, TextEncoderConfig
 from genmodels.configs.unet import UNetConfig
+from genmodels.models.family import ModelFamily
 
 METADATA_KEY = "genmodels"
 FORMAT_VERSION = 1
@@ -42,7 +43,7 @@ def text_config_from_dict(data: dict[str, Any]) -> TextEncoderConfig:
 
 
 def encode_metadata(
-    family: str,
+    family: ModelFamily,
     prediction: str,
     zero_terminal_snr: bool,
     unet: UNetConfig,

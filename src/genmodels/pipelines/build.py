@@ -22,6 +22,7 @@ from genmodels.configs.unet import get_unet_config
 from genmodels.diffusion.denoisers import DiscreteDenoiser
 from genmodels.diffusion.schedules import make_alphas_cumprod
 from genmodels.models.autoencoder_kl import AutoencoderKL
+from genmodels.models.family import ModelFamily
 from genmodels.models.text.encoders import TextEncoder
 from genmodels.models.unet import UNetModel
 from genmodels.pipelines.conditioning import SIZE_EMBED_DIM
@@ -38,7 +39,7 @@ def build_pipeline(
     unet_preset: str = "tiny",
     vae_preset: str = "tiny",
     text_preset: str | None = None,
-    model_type: str = "sd1",
+    model_type: ModelFamily = "sd1",
     prediction: str = "eps",
     inpainting: bool = False,
     seed: int = 0,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from genmodels.models.family import ModelFamily
 from genmodels.models.text.encoders import TextEncoder
 from genmodels.nn.embeddings import timestep_embedding
 from genmodels.pipelines.prompt_weighting import apply_weights, weighted_chunks, wrap_weights
@@ -81,7 +82,7 @@ def encode_prompts(
 
 
 def sdxl_vector(
-    pooled: Tensor, model_type: str, size: SDXLSizeConditioning, target: tuple[int, int],
+    pooled: Tensor, model_type: ModelFamily, size: SDXLSizeConditioning, target: tuple[int, int],
     negative: bool = False,
 ) -> Tensor:  # fmt: skip
     """SDXL ``y`` (B, P + 256 * n_ids) for pooled (B, P) and the size conditioning."""
@@ -100,7 +101,7 @@ def sdxl_vector(
 
 def text_conditioning(
     encoder: TextEncoder,
-    model_type: str,
+    model_type: ModelFamily,
     prompts: Sequence[str],
     negative_prompts: Sequence[str],
     size: tuple[int, int],

@@ -20,6 +20,7 @@ import torch
 
 from genmodels.diffusion.denoisers import DiscreteDenoiser
 from genmodels.models.autoencoder_kl import AutoencoderKL
+from genmodels.models.family import ModelFamily
 from genmodels.models.text.encoders import TextEncoder
 from genmodels.models.unet import UNetModel
 
@@ -54,7 +55,7 @@ class LatentDiffusionPipeline:
     vae: AutoencoderKL
     text_encoder: TextEncoder
     denoiser: DiscreteDenoiser
-    model_type: str  # "sd1" | "sd2" | "sdxl-base" | "sdxl-refiner"
+    model_type: ModelFamily
     prediction: str  # "eps" | "v"
     dtype: torch.dtype
     device: torch.device

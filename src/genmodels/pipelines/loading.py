@@ -51,6 +51,7 @@ from genmodels.configs.autoencoder import AutoencoderConfig
 from genmodels.diffusion.denoisers import DiscreteDenoiser
 from genmodels.diffusion.schedules import make_alphas_cumprod
 from genmodels.models.autoencoder_kl import AutoencoderKL
+from genmodels.models.family import ModelFamily
 from genmodels.models.text.encoders import TextEncoder
 from genmodels.models.unet import UNetModel
 from genmodels.pipelines.devices import resolve_device, resolve_dtype
@@ -60,7 +61,7 @@ StateDict = dict[str, Tensor]
 _MAX_LISTED = 10
 
 
-def load_vae(path: str | os.PathLike, family: str) -> tuple[StateDict, AutoencoderConfig]:
+def load_vae(path: str | os.PathLike, family: ModelFamily) -> tuple[StateDict, AutoencoderConfig]:
     """A separate VAE: LDM keys (with or without ``first_stage_model.`` / ``vae.``), a diffusers
     ``AutoencoderKL`` file, or a diffusers VAE folder. Training-only tensors (``loss.*``,
     ``model_ema.*``) are dropped."""
