@@ -279,7 +279,7 @@ def test_bad_inputs_name_the_file_and_key(tmp_path: Path) -> None:
     ):
         load_taming_vqgan(path)
     torch.save({"state_dict": _vq_sd()}, path)
-    with pytest.raises(CheckpointError, match=r"x\.ckpt: shape mismatch for quantize\.embedding"):
+    with pytest.raises(CheckpointError, match=r"x\.ckpt: .*shape mismatch for quantize\.embedding"):
         load_taming_vqgan(path, config=replace(TINY, n_embed=32))
     torch.save({"state_dict": _net2net()}, path)
     with pytest.raises(CheckpointError, match=r"keys under 'first_stage_model\.'.*missing keys"):

@@ -128,16 +128,17 @@ def test_net2net_checkpoint_mismatch_names_the_key():
     cfg = GPTConfig(11, 16, n_layer=2, n_head=4, n_embd=16)
     ckpt = {f"transformer.{k}": v for k, v in _taming_state_dict(cfg).items()}
     del ckpt["transformer.blocks.1.attn.proj.bias"]
-    with pytest.raises(ValueError, match=r"missing keys \['transformer.blocks.1.attn.proj.bias'\]"):
+    with pytest.raises(ValueError, match=r"missing keys: transformer\.blocks\.1\.attn\.proj\.bias"):
         load_taming_gpt(GPT(cfg), ckpt)
     ckpt = {f"transformer.{k}": v for k, v in _taming_state_dict(cfg).items()}
     ckpt["transformer.blocks.0.attn.c_attn.weight"] = torch.zeros(48, 16)
-    with pytest.raises(
-        ValueError, match=r"unexpected keys \['transformer.blocks.0.attn.c_attn.weight'\]"
-    ):
+    with pytest.raises(ValueError, match=r"unexpected keys: transformer\.blocks\.0\.attn\.c_attn"):
         load_taming_gpt(GPT(cfg), ckpt)
     bigger = GPTConfig(12, 16, n_layer=2, n_head=4, n_embd=16)
-    with pytest.raises(ValueError, match="shape mismatch for transformer.tok_emb.weight"):
+    wrong = (
+        r"shape mismatch for .*transformer\.tok_emb\.weight: expected \(12, 16\), got \(11, 16\)"
+    )
+    with pytest.raises(ValueError, match=wrong):
         load_taming_gpt(
             GPT(bigger), {f"transformer.{k}": v for k, v in _taming_state_dict(cfg).items()}
         )

@@ -86,6 +86,7 @@ class RunLogger:
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.active:
             return
+        metrics = {k: v for k, v in metrics.items() if k != "step"}  # the step is the x axis
         self._csv.writerow({"step": step, **metrics})
         self._file.flush()
         if self.bar is not None:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from genmodels.checkpoints.strict import load_strict
 from genmodels.configs.text import CLIPTextConfig
 
 
@@ -170,22 +171,8 @@ class CLIPTextModel(nn.Module):
 
 
 def load_text_state_dict(model: CLIPTextModel, state_dict: dict[str, Tensor]) -> None:
-    """Strictly load HF-layout weights, raising ``ValueError`` that names missing, unexpected and
-    wrongly shaped keys. HF's ``text_model.embeddings.position_ids`` buffer is ignored."""
-    expected = model.state_dict()
+    """Strictly load HF-layout weights (``checkpoints.strict``: a ``ValueError`` names missing,
+    unexpected and wrongly shaped keys). HF's ``text_model.embeddings.position_ids`` buffer is
+    ignored."""
     given = {k: v for k, v in state_dict.items() if k != "text_model.embeddings.position_ids"}
-    missing = sorted(set(expected) - set(given))
-    unexpected = sorted(set(given) - set(expected))
-    shapes = [
-        f"{k}: expected {tuple(expected[k].shape)}, got {tuple(given[k].shape)}"
-        for k in sorted(set(expected) & set(given))
-        if expected[k].shape != given[k].shape
-    ]
-    problems = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
-        if items:
-            more = f" (+{len(items) - 8} more)" if len(items) > 8 else ""
-            problems.append(f"{label} keys: {', '.join(items[:8])}{more}")
-    if problems:
-        raise ValueError("CLIP text state dict does not match the model: " + "; ".join(problems))
-    model.load_state_dict(given, strict=True)
+    load_strict(model, given, "CLIP text state dict")

@@ -24,6 +24,7 @@ from einops import rearrange
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from genmodels.checkpoints.strict import load_strict
 from genmodels.configs.bert import MINILM_CONTEXT_LENGTH, BertConfig, bert_config_from_json
 from genmodels.models.text.encoders import TextConditioning
 from genmodels.models.text.wordpiece import WordPieceTokenizer
@@ -182,18 +183,7 @@ def load_bert_state_dict(model: BertModel, state_dict: dict[str, Tensor], where:
     ``embeddings.position_ids`` buffer of older files is dropped); errors name ``where``."""
     sd = {k.removeprefix("bert."): v for k, v in state_dict.items()}
     sd.pop("embeddings.position_ids", None)
-    expected = model.state_dict()
-    problems = [f"missing {sorted(set(expected) - set(sd))}"] if set(expected) - set(sd) else []
-    if set(sd) - set(expected):
-        problems.append(f"unexpected {sorted(set(sd) - set(expected))}")
-    problems += [
-        f"{k}: expected {tuple(expected[k].shape)}, got {tuple(v.shape)}"
-        for k, v in sd.items()
-        if k in expected and v.shape != expected[k].shape
-    ]
-    if problems:
-        raise ValueError(f"{where}: does not fit BertModel({model.config}): " + "; ".join(problems))
-    model.load_state_dict(sd, strict=True)
+    load_strict(model, sd, f"{where}: BertModel({model.config}) weights")
 
 
 def minilm_folder() -> Path:
