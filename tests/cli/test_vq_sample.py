@@ -153,9 +153,7 @@ def test_bad_gpt_weights_name_the_file_and_key(ckpt: Path, tmp_path: Path) -> No
     sd = load_file(str(ckpt / "transformer.safetensors"))
     del sd["head.weight"]
     save_file(sd, str(bad / "transformer.safetensors"))
-    with pytest.raises(
-        ValueError, match=r"transformer.safetensors: .*missing keys \['head.weight'\]"
-    ):
+    with pytest.raises(ValueError, match=r"transformer.safetensors: .*missing keys: head\.weight"):
         load_transformer(bad)
 
 
