@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from genmodels.configs.unet import UNetConfig
+from genmodels.models.feature_cache import DeepCache
 from genmodels.nn.embeddings import timestep_embedding
 from genmodels.nn.normalization import normalization
 from genmodels.nn.resnet import ResBlock, zero_module
@@ -120,6 +121,7 @@ class UNetModel(nn.Module):
         timesteps: Tensor | float,
         context: Tensor | None = None,
         y: Tensor | None = None,
+        cache: DeepCache | None = None,
     ) -> Tensor:
         """x: (B, in_channels, H, W); timesteps: (B,) or scalar; context: (B, S, context_dim);
         y: (B, adm_in_channels) for SDXL or (B,) class labels. Returns (B, out_channels, H, W)
@@ -129,6 +131,9 @@ class UNetModel(nn.Module):
         ``cat([pooled_text (B, 1280), timestep_embedding(time_ids.flatten(), 256).reshape(B, -1)])``
         with ``time_ids = (orig_h, orig_w, crop_top, crop_left, target_h, target_w)`` (base) or
         ``(orig_h, orig_w, crop_top, crop_left, aesthetic_score)`` (refiner).
+
+        ``cache``: a ``DeepCache`` of this sampling run; its partial evaluations run only the
+        shallow skip branch of ``cache.depth`` blocks on the cached deep feature.
         """
         timesteps = self._check_inputs(x, timesteps, context, y)
         dtype = self.time_embed[0].weight.dtype
@@ -139,12 +144,26 @@ class UNetModel(nn.Module):
         if context is not None:
             context = context.to(dtype)
 
+        n = len(self.input_blocks)
+        k = n if cache is None else cache.depth  # input blocks (and skips) computed
+        feature = None
+        if cache is not None:
+            cache.check_depth(n)
+            key = (tuple(x.shape), dtype)
+            feature = cache.cached(key, float(timesteps.max()))
         h, hs = x.to(dtype), []
-        for block in self.input_blocks:
+        for block in self.input_blocks[: k if feature is not None else n]:
             h = block(h, emb, context)
             hs.append(h)
-        h = self.middle_block(h, emb, context)
-        for block in self.output_blocks:
+        if feature is None:
+            h = self.middle_block(h, emb, context)
+            for block in self.output_blocks[: n - k]:
+                h = block(torch.cat([h, hs.pop()], dim=1), emb, context)
+            if cache is not None:
+                cache.store(key, h)
+        else:
+            h = feature
+        for block in self.output_blocks[n - k :]:
             h = block(torch.cat([h, hs.pop()], dim=1), emb, context)
         return self.out(h).to(x.dtype)
 
