@@ -8,6 +8,9 @@ In ldm block units: with ``depth`` K, a *partial* evaluation runs ``input_blocks
 ``output_blocks[N-K:]`` (the decoder blocks that consume exactly those K skips), starting from the
 cached input of ``output_blocks[N-K]``. K = 1 recomputes conv_in and the last decoder block only
 (DeepCache's shallowest branch); larger K recomputes more and stays closer to the exact result.
+Depth K is the reference implementation's ``cache_branch_id`` K - 1 (``DeepCacheSDHelper``: its
+branch b keeps the first b diffusers down layers after conv_in, which are ldm's
+``input_blocks[1:b+1]``, and the up layers that consume their skips).
 A *full* evaluation runs everything and refreshes the cache.
 
 The schedule is DeepCache's uniform one: every ``interval``-th UNet evaluation is full (the first
