@@ -35,12 +35,15 @@ __all__ = ["CachedModel", "DeepCache"]
 
 @dataclass
 class DeepCache:
-    """The cache state of one sampling run; passed to ``UNetModel.forward(..., cache=)``."""
+    """The cache of a sampling run; passed to ``UNetModel.forward(..., cache=)``.
+
+    ``calls`` / ``full_calls`` count all evaluations and the full ones (over every run)."""
 
     interval: int
     depth: int = 1
     calls: int = field(default=0, init=False)
     full_calls: int = field(default=0, init=False)
+    _position: int = field(default=0, init=False, repr=False)  # evaluations in this run
     _feature: Tensor | None = field(default=None, init=False, repr=False)
     _key: tuple = field(default=(), init=False, repr=False)
     _level: float | None = field(default=None, init=False, repr=False)
@@ -54,8 +57,8 @@ class DeepCache:
             raise ValueError(f"cache depth must be an integer >= 1, got {self.depth!r}")
 
     def reset(self) -> None:
-        self.calls = self.full_calls = 0
-        self._feature, self._key, self._level = None, (), None
+        """Start a new sampling run (the counters go on)."""
+        self._position, self._feature, self._key, self._level = 0, None, (), None
 
     def check_depth(self, n_blocks: int) -> None:
         if self.depth >= n_blocks:
@@ -69,9 +72,10 @@ class DeepCache:
         ``key`` identifies what the feature depends on besides the step (input shape, dtype);
         ``level`` is the evaluation's (largest) timestep."""
         if self._level is not None and level > self._level:
-            self.calls = 0  # a new sampling run
+            self.reset()  # a new sampling run
         self._level = level
-        due = self.calls % self.interval == 0
+        due = self._position % self.interval == 0
+        self._position += 1
         self.calls += 1
         if due or self._feature is None or key != self._key:
             self.full_calls += 1
