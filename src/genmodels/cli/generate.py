@@ -50,7 +50,7 @@ __all__ = ["cpu_supports_bf16", "main", "register", "resolve_dtype", "run"]
 
 MODES = ("txt2img", "img2img", "inpaint")
 INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
-SIZE_RULE = "a multiple of 64 for SD 1.x/2.x/XL (VAE factor 8 x UNet downsampling 8)"
+SIZE_RULE = "any multiple of 8 (the VAE factor of SD 1.x/2.x/XL)"
 # generation options that --from-png fills in when they are not given on the command line
 DEFAULTS = dict(prompt=None, negative_prompt="", steps=20, cfg=7.0, sampler="euler",
                 scheduler=None, seed=-1, width=512, height=512, strength=None)  # fmt: skip
@@ -138,10 +138,7 @@ def _limits(args: argparse.Namespace) -> GenerationLimits:
 def _check_numbers(args: argparse.Namespace, opts: dict) -> None:
     for name in ("width", "height"):
         if opts[name] is not None and (opts[name] <= 0 or opts[name] % 8):
-            raise ValueError(
-                f"--{name} must be a positive multiple of 8 (and of the model's size step: "
-                f"{SIZE_RULE}), got {opts[name]}"
-            )
+            raise ValueError(f"--{name} must be a positive multiple of 8, got {opts[name]}")
     if opts["steps"] < 1:
         raise ValueError(f"--steps must be >= 1, got {opts['steps']}")
     for name in ("batch_size", "n_iter"):
@@ -172,8 +169,8 @@ def _check_images(args: argparse.Namespace, opts: dict, limits: GenerationLimits
             )
     if w % 8 or h % 8:
         raise ValueError(
-            f"the image size {w}x{h} must be a multiple of 8 on both sides (and of the model's "
-            f"size step: {SIZE_RULE}); resize it or give --width/--height"
+            f"the image size {w}x{h} must be a multiple of 8 on both sides; resize it or give "
+            "--width/--height"
         )
     return w, h
 

@@ -87,10 +87,13 @@ class _ConcatInput(nn.Module):
 
 
 def size_multiple(pipe: LatentDiffusionPipeline) -> int:
-    """Sizes must be multiples of this: the VAE factor times the UNet's downsampling (64 for
-    SD 1.x/2.x/XL: 8 x 8), so every UNet level has whole latent pixels."""
-    unet_factor = 2 ** (len(pipe.unet.config.channel_mult) - 1)
-    return max(8, pipe.vae.downsample_factor * unet_factor)
+    """Sizes must be multiples of this: the VAE factor (8 for SD 1.x/2.x/XL, as A1111, ComfyUI
+    and diffusers). The UNet takes any latent size: each upsampling meets its skip's size
+    (``nn.updown.Upsample``); only a ``resblock_updown`` UNet needs whole pixels at every level."""
+    f = pipe.vae.downsample_factor
+    if pipe.unet.config.resblock_updown:
+        return f * 2 ** (len(pipe.unet.config.channel_mult) - 1)
+    return f
 
 
 def model_size(pipe: LatentDiffusionPipeline) -> ModelSize:
@@ -109,10 +112,9 @@ def _check_size(pipe: LatentDiffusionPipeline, width: object, height: object) ->
     f = pipe.vae.downsample_factor
     for name, v in (("width", width), ("height", height)):
         if not isinstance(v, int) or isinstance(v, bool) or v <= 0 or v % m:
-            raise ValueError(
-                f"{name} must be a positive multiple of {m} for this model (VAE factor {f} x "
-                f"UNet downsampling {m // f}), got {v!r}"
-            )
+            why = f"VAE factor {f}" + (f" x UNet downsampling {m // f}" if m != f else "")
+            raise ValueError(f"{name} must be a positive multiple of {m} for this model ({why}), "
+                             f"got {v!r}")  # fmt: skip
 
 
 def _is_int(v: object) -> bool:
