@@ -93,7 +93,7 @@ def size_multiple(pipe: LatentDiffusionPipeline) -> int:
     f = pipe.vae.downsample_factor
     if pipe.unet.config.resblock_updown:
         return f * 2 ** (len(pipe.unet.config.channel_mult) - 1)
-    return f
+    return max(8, f)  # 8 at least: the rule of the UIs, whatever a tiny test VAE's factor
 
 
 def model_size(pipe: LatentDiffusionPipeline) -> ModelSize:
@@ -112,7 +112,7 @@ def _check_size(pipe: LatentDiffusionPipeline, width: object, height: object) ->
     f = pipe.vae.downsample_factor
     for name, v in (("width", width), ("height", height)):
         if not isinstance(v, int) or isinstance(v, bool) or v <= 0 or v % m:
-            why = f"VAE factor {f}" + (f" x UNet downsampling {m // f}" if m != f else "")
+            why = f"VAE factor {f}" + (f" x UNet downsampling {m // f}" if m > 8 else "")
             raise ValueError(f"{name} must be a positive multiple of {m} for this model ({why}), "
                              f"got {v!r}")  # fmt: skip
 
