@@ -60,7 +60,7 @@ def test_parse_a1111_written_text() -> None:
                                                               30, 42)  # fmt: skip
     assert (p.sampler, p.scheduler, p.cfg_scale) == ("dpmpp_2m", "karras", 7.0)
     assert (p.width, p.height, p.model_hash) == (512, 768, "6ce0161689")
-    assert p.extra == {"Clip skip": "2", "Version": "v1.6.0"}
+    assert p.clip_skip == 2 and p.extra == {"Version": "v1.6.0"}
     # fewer than three key: value pairs on the last line -> it is part of the prompt
     assert parse_infotext("just: a prompt")["Prompt"] == "just: a prompt"
 

@@ -29,25 +29,33 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch import Tensor, nn
+from torch import Tensor
 
-from genmodels.diffusion.denoisers import DiscreteDenoiser
-from genmodels.diffusion.guidance import CFGDenoiser
+from genmodels.diffusion.noise import SeededNoiseSampler
 from genmodels.diffusion.samplers.registry import resolve_sampler
-from genmodels.diffusion.sampling import sample, sampler_sigmas
+from genmodels.diffusion.sampling import sampler_sigmas
 from genmodels.diffusion.schedules import resolve_scheduler
-from genmodels.pipelines.conditioning import SDXLSizeConditioning, text_conditioning
-from genmodels.pipelines.finite import FiniteWatch, check_finite
+from genmodels.pipelines.conditioning import SDXLSizeConditioning
+from genmodels.pipelines.finite import check_finite
+from genmodels.pipelines.hires import HiresFix, hires_sigmas, upscale_latents
 from genmodels.pipelines.image_reading import load_image
 from genmodels.pipelines.images import pil_to_tensor, tensor_to_pil
 from genmodels.pipelines.latent_diffusion import LatentDiffusionPipeline
 from genmodels.pipelines.limits import GenerationLimits, ModelSize, check_generation
 from genmodels.pipelines.metadata import MAX_INFOTEXT, GenerationParameters, format_infotext
+from genmodels.pipelines.options import check_options, refiner_fields
+from genmodels.pipelines.sampling_pass import (
+    LatentMaskBlend,
+    encode_images,
+    refiner_switch_index,
+    run_pass,
+)
 from genmodels.pipelines.seeds import MAX_SEED, resolve_seeds
 
 __all__ = [
     "GenerationResult", "LatentMaskBlend", "decode_latents", "encode_images", "img2img", "inpaint",
-    "MAX_SEED", "model_size", "resolve_seeds", "sampling_steps", "size_multiple", "txt2img",
+    "MAX_SEED", "model_size", "resolve_seeds", "sampling_steps", "size_multiple", "total_steps",
+    "txt2img", "HiresFix",
 ]  # fmt: skip
 
 ImageInput = Image.Image | Tensor | str | os.PathLike
@@ -59,28 +67,6 @@ class GenerationResult:
     pixels: Tensor  # (B, 3, H, W) float32 in [0, 1], on the CPU
     latents: Tensor  # (B, C, H/f, W/f) final latents (float32)
     parameters: list[GenerationParameters]  # one per image (its own seed)
-
-
-class LatentMaskBlend(nn.Module):
-    """Denoiser wrapper keeping ``init`` where ``keep`` is 1: D' = keep * init + (1 - keep) * D."""
-
-    def __init__(self, denoiser: Callable[..., Tensor], init: Tensor, keep: Tensor) -> None:
-        super().__init__()
-        self.denoiser, self.init, self.keep = denoiser, init, keep
-
-    def forward(self, x: Tensor, sigma: Tensor, **cond: Any) -> Tensor:
-        return self.keep * self.init + (1 - self.keep) * self.denoiser(x, sigma, **cond)
-
-
-class _ConcatInput(nn.Module):
-    """A 9-channel inpainting UNet called as ``model(x, t, c_concat=..., **cond)``."""
-
-    def __init__(self, unet: nn.Module) -> None:
-        super().__init__()
-        self.unet = unet
-
-    def forward(self, x: Tensor, t: Tensor, c_concat: Tensor, **cond: Any) -> Tensor:
-        return self.unet(torch.cat([x, c_concat.to(x.dtype)], dim=1), t, **cond)
 
 
 # -- inputs ------------------------------------------------------------------------------------
@@ -184,13 +170,6 @@ def sampling_steps(steps: int, strength: float | None) -> int:
 
 
 @torch.no_grad()
-def encode_images(pipe: LatentDiffusionPipeline, images: Tensor) -> Tensor:
-    """(B, 3, H, W) in [0, 1] -> diffusion latents (posterior mode), float32."""
-    x = (images * 2 - 1).to(device=pipe.device, dtype=pipe.dtype)
-    return pipe.vae.encode_latents(x, sample=False).float()
-
-
-@torch.no_grad()
 def decode_latents(pipe: LatentDiffusionPipeline, latents: Tensor) -> Tensor:
     """Latents -> (B, 3, H, W) float32 in [0, 1] on the CPU; a reduced-precision decode that
     overflows (inf/NaN) is redone in float32 (as A1111's automatic VAE upcast)."""
@@ -210,45 +189,15 @@ def decode_latents(pipe: LatentDiffusionPipeline, latents: Tensor) -> Tensor:
 # -- core --------------------------------------------------------------------------------------
 
 
-def _inpaint_denoiser(pipe: LatentDiffusionPipeline) -> DiscreteDenoiser:
-    base = pipe.denoiser
-    alphas_cumprod = 1 / (1 + base.sigmas.double() ** 2)
-    wrapped = DiscreteDenoiser(_ConcatInput(pipe.unet), alphas_cumprod, base.prediction)
-    wrapped.quantize = base.quantize
-    return wrapped.to(pipe.device)
-
-
-def _concat_cond(pipe: LatentDiffusionPipeline, images: Tensor, mask: Tensor, shape) -> Tensor:
-    """c_concat = [mask, latent of image * (1 - mask)] at latent resolution (ldm / A1111)."""
-    mask = mask.round()
-    masked = encode_images(pipe, images * (1 - mask) + 0.5 * mask)  # masked pixels: 0 in [-1, 1]
-    latent_mask = F.interpolate(mask, size=shape[-2:]).to(masked)
-    return torch.cat([latent_mask, masked], dim=1)
-
-
 def _run(
     pipe: LatentDiffusionPipeline, params: GenerationParameters, batch_size: int,
-    callback: Callable[[dict], None] | None, sdxl: SDXLSizeConditioning | None,
-    init: Tensor | None = None, images: Tensor | None = None, mask: Tensor | None = None,
+    callback: Callable[[dict], None] | None, init: Tensor | None = None,
+    images: Tensor | None = None, mask: Tensor | None = None,
+    refiner: LatentDiffusionPipeline | None = None,
 ) -> GenerationResult:  # fmt: skip
     f = pipe.vae.downsample_factor
     shape = (batch_size, pipe.vae.config.embed_dim, params.height // f, params.width // f)
     seeds = resolve_seeds(params.seed, batch_size)
-    cond, uncond = text_conditioning(
-        pipe.text_encoder, pipe.model_type, [params.prompt], [params.negative_prompt],
-        (params.height, params.width), sdxl,
-    )  # fmt: skip
-    cond = {k: v.expand(batch_size, *v.shape[1:]) for k, v in cond.items()}
-    denoiser: Callable[..., Tensor] = pipe.denoiser
-    if pipe.inpainting:
-        if images is None:  # txt2img / img2img with an inpainting model: all to repaint
-            images = torch.full((batch_size, 3, params.height, params.width), 0.5)
-        if mask is None:
-            mask = torch.ones(batch_size, 1, params.height, params.width)
-        cond["c_concat"] = _concat_cond(pipe, images, mask, shape)
-        uncond["c_concat"] = cond["c_concat"]
-        uncond = {k: v.expand(batch_size, *v.shape[1:]) for k, v in uncond.items()}
-        denoiser = _inpaint_denoiser(pipe)
     name, sigmas = sampler_sigmas(pipe.denoiser, params.sampler, params.scheduler, params.steps)
     strength = params.denoising_strength
     if init is not None and strength is not None:
@@ -256,21 +205,68 @@ def _run(
             return _finish(pipe, init, params, seeds, images, mask)
         n = len(sigmas) - 1
         sigmas = sigmas[n - sampling_steps(n, strength) :]
-    guided = CFGDenoiser(denoiser, uncond, params.cfg_scale)
-    model: Callable[..., Tensor] = guided
-    keep = None
-    if mask is not None and init is not None and not pipe.inpainting:
-        keep = 1 - F.interpolate(mask, size=shape[-2:], mode="area").round().to(init)
-        model = LatentMaskBlend(guided, init, keep)
-    watch = FiniteWatch(callback, steps=len(sigmas) - 1)
-    latents = sample(
-        model, shape, sampler=name, sigmas=sigmas, seeds=seeds, init=init, extra_args=cond,
-        callback=watch, disable=True, device=pipe.device, dtype=torch.float32,
+    common = dict(schedule_steps=params.steps, images=images, mask=mask, callback=callback)
+    if refiner is None:
+        latents = run_pass(pipe, params, shape, sigmas, name, seeds, init=init, **common)
+    else:
+        latents = _base_then_refiner(pipe, refiner, params, shape, sigmas, name, seeds, init,
+                                     common)  # fmt: skip
+    if params.hires is not None:
+        latents = _hires_pass(pipe, params, latents, seeds, callback)
+    return _finish(refiner or pipe, latents, params, seeds, images, mask)
+
+
+def _base_then_refiner(
+    pipe: LatentDiffusionPipeline, refiner: LatentDiffusionPipeline,
+    params: GenerationParameters, shape: tuple[int, ...], sigmas: Tensor, name: str,
+    seeds: list[int], init: Tensor | None, common: dict,
+) -> Tensor:  # fmt: skip
+    """The base model up to the switch step, the refiner from there on: one schedule, one set
+    of noise generators (an ancestral sampler continues its noise stream)."""
+    k = refiner_switch_index(pipe.denoiser, sigmas, params.refiner_switch_at)
+    noise = SeededNoiseSampler(torch.empty(shape, device=pipe.device), seeds)
+    x = None
+    if k > 0:
+        x = run_pass(pipe, params, shape, sigmas[: k + 1], name, seeds, init=init, noise=noise,
+                     final=k == len(sigmas) - 1, **common)  # fmt: skip
+    if k == len(sigmas) - 1:
+        return x
+    start = sigmas[k:] if x is not None else sigmas
+    return run_pass(refiner, params, shape, start, name, seeds, init=init if x is None else None,
+                    x_start=x, noise=noise, start_step=k, **common)  # fmt: skip
+
+
+def _hires_pass(
+    pipe: LatentDiffusionPipeline, params: GenerationParameters, latents: Tensor,
+    seeds: list[int], callback: Callable[[dict], None] | None,
+) -> Tensor:  # fmt: skip
+    """A1111's hires fix second pass on the first pass's latents."""
+    hr = params.hires
+    f = pipe.vae.downsample_factor
+    width, height = hr.target_size(params.width, params.height)
+    upscaled = upscale_latents(
+        latents, width, height, hr.upscaler, f, lambda x: decode_latents(pipe, x),
+        lambda px: encode_images(pipe, px),
     )  # fmt: skip
-    watch.check(latents)
-    if keep is not None:
-        latents = keep * init + (1 - keep) * latents
-    return _finish(pipe, latents, params, seeds, images, mask)
+    steps = hr.steps or params.steps
+    sampler = hr.sampler or params.sampler
+    name, implied = resolve_sampler(sampler)
+    scheduler = hr.scheduler or (implied if hr.sampler else None) or params.scheduler
+    sigmas = hires_sigmas(
+        lambda n: sampler_sigmas(pipe.denoiser, name, scheduler, n)[1], steps,
+        hr.denoising_strength,
+    )  # fmt: skip
+    return run_pass(pipe, params, tuple(upscaled.shape), sigmas, name, seeds,
+                    schedule_steps=params.steps, hires_steps=steps, init=upscaled,
+                    callback=callback)  # fmt: skip
+
+
+def total_steps(params: GenerationParameters) -> int:
+    """Sampler steps of a generation (both passes of a hires fix), for progress bars."""
+    n = sampling_steps(params.steps, params.denoising_strength)
+    if params.hires is not None:
+        n += params.hires.steps or params.steps
+    return n
 
 
 def _finish(
@@ -289,6 +285,7 @@ def _parameters(
     pipe: LatentDiffusionPipeline, prompt: object, negative_prompt: object, width: int,
     height: int, steps: int, cfg_scale: float, sampler: str, scheduler: str | None,
     seed: int | None, batch_size: int, strength: float | None, limits: GenerationLimits,
+    sdxl: SDXLSizeConditioning | None = None, **options: Any,
 ) -> GenerationParameters:  # fmt: skip
     for what, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
         if not isinstance(text, str):
@@ -304,10 +301,29 @@ def _parameters(
         prompt=prompt, negative_prompt=negative_prompt, steps=steps, sampler=name,  # type: ignore[arg-type]
         scheduler=sched, cfg_scale=float(cfg_scale), seed=seed, width=width, height=height,
         denoising_strength=strength, model_name=_model_name(pipe),
+        **_sdxl_fields(sdxl), **check_options(pipe, **options),
     )  # fmt: skip
+    if p.hires is not None:
+        w, h = p.hires.target_size(width, height)
+        check_generation(w, h, batch_size, p.hires.steps or steps, limits, model_size(pipe),
+                         pipe.device, pipe.dtype)  # fmt: skip
     if len(format_infotext(p)) > MAX_INFOTEXT - 1000:  # room for the model hash and name
         raise ValueError(f"the prompts are too long to store in a PNG ({MAX_INFOTEXT} characters)")
     return p
+
+
+def _sdxl_fields(sdxl: SDXLSizeConditioning | None) -> dict[str, Any]:
+    """``SDXLSizeConditioning`` ((height, width), (top, left)) as parameters fields."""
+    if sdxl is None:
+        return {}
+    target = sdxl.target_size
+    return dict(
+        sdxl_original_size=(sdxl.original_size[1], sdxl.original_size[0]),
+        sdxl_crop=(sdxl.crop_coords_top_left[1], sdxl.crop_coords_top_left[0]),
+        sdxl_target_size=None if target is None else (target[1], target[0]),
+        aesthetic_score=sdxl.aesthetic_score,
+        negative_aesthetic_score=sdxl.negative_aesthetic_score,
+    )  # fmt: skip
 
 
 def _model_name(pipe: LatentDiffusionPipeline) -> str | None:
@@ -335,11 +351,23 @@ def txt2img(
     callback: Callable[[dict], None] | None = None,
     sdxl: SDXLSizeConditioning | None = None,
     limits: GenerationLimits = GenerationLimits(),  # noqa: B008 (frozen)
+    hires: HiresFix | None = None,
+    refiner: LatentDiffusionPipeline | None = None,
+    refiner_switch_at: float = 0.8,
+    **options: Any,
 ) -> GenerationResult:
-    """Images from noise; image i uses seed ``seed + i`` (seed None or -1: random)."""
+    """Images from noise; image i uses seed ``seed + i`` (seed None or -1: random).
+
+    ``hires``: a hires-fix second pass; ``refiner``: an SDXL refiner taking over from the
+    ``refiner_switch_at`` fraction of the schedule on; ``options``: ``clip_skip``,
+    ``guidance_rescale``, ``variation_seed``, ``variation_strength`` (see ``check_options``).
+    Prompts may use A1111 emphasis, ``BREAK``, prompt editing and alternation."""
     p = _parameters(pipe, prompt, negative_prompt, width, height, steps, cfg_scale, sampler,
-                    scheduler, seed, batch_size, None, limits)  # fmt: skip
-    return _run(pipe, p, batch_size, callback, sdxl)
+                    scheduler, seed, batch_size, None, limits, sdxl, hires=hires,
+                    **refiner_fields(pipe, refiner, refiner_switch_at), **options)  # fmt: skip
+    if hires is not None and refiner is not None:
+        raise ValueError("hires fix with a refiner is not supported; run them one at a time")
+    return _run(pipe, p, batch_size, callback, refiner=refiner)
 
 
 def img2img(
@@ -359,18 +387,23 @@ def img2img(
     callback: Callable[[dict], None] | None = None,
     sdxl: SDXLSizeConditioning | None = None,
     limits: GenerationLimits = GenerationLimits(),  # noqa: B008 (frozen)
+    refiner: LatentDiffusionPipeline | None = None,
+    refiner_switch_at: float = 0.8,
+    **options: Any,
 ) -> GenerationResult:
     """Re-noise ``image`` to ``strength`` of the schedule and denoise it (A1111 semantics).
 
-    ``width`` / ``height`` default to the image's size; otherwise the image is resized."""
+    ``width`` / ``height`` default to the image's size; otherwise the image is resized.
+    ``refiner`` and ``options`` as for ``txt2img``."""
     strength = _check_strength(strength)
     images = _as_images(image, "RGB", "image", limits)
     width, height = width or images.shape[-1], height or images.shape[-2]
     p = _parameters(pipe, prompt, negative_prompt, width, height, steps, cfg_scale, sampler,
-                    scheduler, seed, batch_size, strength, limits)  # fmt: skip
+                    scheduler, seed, batch_size, strength, limits, sdxl,
+                    **refiner_fields(pipe, refiner, refiner_switch_at), **options)  # fmt: skip
     images = _fit_batch(_resize(images, width, height), batch_size, "image")
     init = encode_images(pipe, images)
-    return _run(pipe, p, batch_size, callback, sdxl, init=init)
+    return _run(pipe, p, batch_size, callback, init=init, refiner=refiner)
 
 
 def inpaint(
@@ -391,6 +424,7 @@ def inpaint(
     callback: Callable[[dict], None] | None = None,
     sdxl: SDXLSizeConditioning | None = None,
     limits: GenerationLimits = GenerationLimits(),  # noqa: B008 (frozen)
+    **options: Any,
 ) -> GenerationResult:
     """Repaint where ``mask`` is 1 (white), keep where it is 0.
 
@@ -406,8 +440,8 @@ def inpaint(
         )
     width, height = width or images.shape[-1], height or images.shape[-2]
     p = _parameters(pipe, prompt, negative_prompt, width, height, steps, cfg_scale, sampler,
-                    scheduler, seed, batch_size, strength, limits)  # fmt: skip
+                    scheduler, seed, batch_size, strength, limits, sdxl, **options)  # fmt: skip
     images = _fit_batch(_resize(images, width, height), batch_size, "image")
     masks = _fit_batch(_resize(masks, width, height, "bilinear"), batch_size, "mask").round()
     init = encode_images(pipe, images)
-    return _run(pipe, p, batch_size, callback, sdxl, init=init, images=images, mask=masks)
+    return _run(pipe, p, batch_size, callback, init=init, images=images, mask=masks)
