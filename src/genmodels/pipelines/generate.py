@@ -297,6 +297,8 @@ def _parameters(
     name, implied = resolve_sampler(sampler)  # ValueError listing the valid names
     sched = resolve_scheduler(scheduler) if scheduler else implied or "normal"
     seed = resolve_seeds(seed, batch_size)[0]
+    if sdxl is not None and not pipe.is_sdxl:
+        raise ValueError(f"SDXL size conditioning needs an SDXL model, not {pipe.model_type}")
     p = GenerationParameters(
         prompt=prompt, negative_prompt=negative_prompt, steps=steps, sampler=name,  # type: ignore[arg-type]
         scheduler=sched, cfg_scale=float(cfg_scale), seed=seed, width=width, height=height,
@@ -313,13 +315,13 @@ def _parameters(
 
 
 def _sdxl_fields(sdxl: SDXLSizeConditioning | None) -> dict[str, Any]:
-    """``SDXLSizeConditioning`` ((height, width), (top, left)) as parameters fields."""
+    """``SDXLSizeConditioning`` (sizes as (height, width)) as parameters fields (width, height)."""
     if sdxl is None:
         return {}
     target = sdxl.target_size
     return dict(
         sdxl_original_size=(sdxl.original_size[1], sdxl.original_size[0]),
-        sdxl_crop=(sdxl.crop_coords_top_left[1], sdxl.crop_coords_top_left[0]),
+        sdxl_crop=tuple(sdxl.crop_coords_top_left),
         sdxl_target_size=None if target is None else (target[1], target[0]),
         aesthetic_score=sdxl.aesthetic_score,
         negative_aesthetic_score=sdxl.negative_aesthetic_score,

@@ -86,7 +86,7 @@ class GenerationParameters:
     refiner_hash: str | None = None
     refiner_switch_at: float | None = None
     sdxl_original_size: tuple[int, int] | None = None  # (width, height); None: the image size
-    sdxl_crop: tuple[int, int] | None = None  # (left, top); None: (0, 0)
+    sdxl_crop: tuple[int, int] | None = None  # (top, left) as sgm / diffusers; None: (0, 0)
     sdxl_target_size: tuple[int, int] | None = None  # (width, height); None: the image size
     aesthetic_score: float | None = None  # refiner; None: 6.0 (sgm / diffusers default)
     negative_aesthetic_score: float | None = None  # refiner; None: 2.5
@@ -161,7 +161,7 @@ def _fields(p: GenerationParameters) -> dict[str, object]:
         "Refiner": refiner,
         "Refiner switch at": p.refiner_switch_at if refiner is not None else None,
         "SDXL original size": _size(p.sdxl_original_size),
-        "SDXL crop": _size(p.sdxl_crop),
+        "SDXL crop top left": _size(p.sdxl_crop),
         "SDXL target size": _size(p.sdxl_target_size),
         "Aesthetic score": p.aesthetic_score,
         "Negative aesthetic score": p.negative_aesthetic_score,
@@ -222,7 +222,7 @@ _KNOWN = {"Prompt", "Negative prompt", "Steps", "Sampler", "Schedule type", "CFG
           "Hires upscale", "Hires steps", "Hires upscaler", "Hires sampler",
           "Hires schedule type", "Refiner", "Refiner switch at", "Prediction",
           "Aesthetic score", "Negative aesthetic score"}  # fmt: skip
-_SIZE_KEYS = {"SDXL original size": "sdxl_original_size", "SDXL crop": "sdxl_crop",
+_SIZE_KEYS = {"SDXL original size": "sdxl_original_size", "SDXL crop top left": "sdxl_crop",
               "SDXL target size": "sdxl_target_size"}  # fmt: skip
 _KNOWN |= {f"{k}{suffix}" for k in _SIZE_KEYS for suffix in ("", "-1", "-2")}
 _REFINER = re.compile(r"^(.*?)(?: \[([0-9a-fA-F]+)\])?$", re.S)
@@ -315,7 +315,8 @@ def parameters_from_infotext(text: str) -> GenerationParameters:
             variation_strength=_number(d, "Variation seed strength", 0.0, float, 0.0, 1.0),
             hires=hires, refiner_name=refiner, refiner_hash=refiner_hash,
             refiner_switch_at=switch,
-            sdxl_original_size=_pair(d, "SDXL original size"), sdxl_crop=_pair(d, "SDXL crop"),
+            sdxl_original_size=_pair(d, "SDXL original size"),
+            sdxl_crop=_pair(d, "SDXL crop top left"),
             sdxl_target_size=_pair(d, "SDXL target size"),
             aesthetic_score=_number(d, "Aesthetic score", None, float, -1e6, 1e6),
             negative_aesthetic_score=_number(d, "Negative aesthetic score", None, float, -1e6,

@@ -79,13 +79,13 @@ def sdxl_conditioning(
     params: GenerationParameters, size: tuple[int, int]
 ) -> SDXLSizeConditioning:  # fmt: skip
     """SDXL micro-conditioning of ``params`` for a generated (height, width) ``size``
-    (the parameters hold (width, height) and (left, top), as A1111's ``Size``)."""
+    (the parameters hold sizes as (width, height), as A1111's ``Size``)."""
     wh = params.sdxl_original_size
     crop = params.sdxl_crop or (0, 0)
     target = params.sdxl_target_size
     return SDXLSizeConditioning(
         original_size=(wh[1], wh[0]) if wh else size,
-        crop_coords_top_left=(crop[1], crop[0]),
+        crop_coords_top_left=crop,
         target_size=(target[1], target[0]) if target else None,
         aesthetic_score=6.0 if params.aesthetic_score is None else params.aesthetic_score,
         negative_aesthetic_score=2.5 if params.negative_aesthetic_score is None
