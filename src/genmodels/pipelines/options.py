@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import replace
 from typing import Any
 
+from genmodels.diffusion.samplers.registry import resolve_sampler
+from genmodels.diffusion.schedules import resolve_scheduler
 from genmodels.pipelines.hires import HiresFix
 from genmodels.pipelines.latent_diffusion import LatentDiffusionPipeline
 from genmodels.pipelines.seeds import check_seed
@@ -48,8 +51,8 @@ def check_options(
         raise ValueError("variation_strength > 0 needs a variation_seed")
     if variation_seed is not None:
         check_seed(variation_seed, 1, "variation_seed")
-    if hires is not None and not isinstance(hires, HiresFix):
-        raise ValueError(f"hires must be a HiresFix, got {type(hires).__name__}")
+    if hires is not None:
+        hires = _normalise_hires(hires)
     return dict(
         clip_skip=clip_skip,
         guidance_rescale=_number(guidance_rescale, "guidance_rescale", 0.0, 1.0),
@@ -58,6 +61,19 @@ def check_options(
         hires=hires,
         refiner_name=refiner_name, refiner_hash=refiner_hash, refiner_switch_at=refiner_switch_at,
     )  # fmt: skip
+
+
+def _normalise_hires(hires: object) -> HiresFix:
+    """``hires`` with registry names for its sampler / scheduler (A1111 names accepted)."""
+    if not isinstance(hires, HiresFix):
+        raise ValueError(f"hires must be a HiresFix, got {type(hires).__name__}")
+    sampler, scheduler = hires.sampler, hires.scheduler
+    if sampler is not None:
+        sampler, implied = resolve_sampler(sampler)
+        scheduler = scheduler or implied
+    if scheduler is not None:
+        scheduler = resolve_scheduler(scheduler)
+    return replace(hires, sampler=sampler, scheduler=scheduler)
 
 
 def refiner_fields(
