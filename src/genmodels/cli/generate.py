@@ -272,6 +272,10 @@ def _run(args: argparse.Namespace, written: list) -> int:
         pipe.vae.tiling = TilingConfig(min_size=args.vae_tiling_above)
     model_id = dict(model_hash=model_hash(args.ckpt), model_name=args.ckpt.stem,
                     prediction=opts["prediction"])  # fmt: skip
+    stored = opts["stored"]
+    if stored is not None and stored.model_hash not in (None, model_id["model_hash"]):
+        print(f"warning: --from-png {args.from_png} was made with model {stored.model_name} "
+              f"[{stored.model_hash}], not {args.ckpt.name}", file=sys.stderr)  # fmt: skip
     if args.vae is not None:  # A1111: "VAE hash" (short sha256 of the file) and "VAE" (its name)
         model_id.update(vae_hash=model_hash(args.vae), vae_name=args.vae.name)
     options = _model_options(args, opts, pipe, load, model_id)
