@@ -92,7 +92,10 @@ def sample(
         x = x_start.to(device=device, dtype=dtype)
     else:
         first = noise()
-        x = (noise_transform(first) if noise_transform is not None else first) * sigmas[0]
+        scale = sigmas[0]
+        if info.vp_start and init is None:  # A1111's timestep samplers: unit VP noise
+            scale = (1 + sigmas[0] ** 2).sqrt()
+        x = (noise_transform(first) if noise_transform is not None else first) * scale
         if init is not None:
             x = x + init.to(device=device, dtype=dtype)
 

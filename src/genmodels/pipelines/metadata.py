@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from genmodels.diffusion.samplers.registry import A1111_ALIASES, resolve_sampler
+from genmodels.diffusion.samplers.registry import SAMPLER_INFO, resolve_sampler
 from genmodels.diffusion.schedules import A1111_SCHEDULER_ALIASES, resolve_scheduler
 from genmodels.pipelines.hires import UPSCALERS, HiresFix
 from genmodels.pipelines.image_reading import open_regular
@@ -54,7 +54,7 @@ _RUN = re.compile(r"\s*([\w \-/]*)")  # optional blanks, then a run of key chara
 _WORD = re.compile(r"\w")
 _VALUE = re.compile(r'\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _SIZE = re.compile(r"^(\d+)x(\d+)$")
-_SAMPLER_NAMES = {v[0]: k for k, v in A1111_ALIASES.items() if v[1] is None}
+_SAMPLER_NAMES = {k: v.a1111 for k, v in SAMPLER_INFO.items() if v.a1111 is not None}
 _SCHEDULER_NAMES = {"karras": "Karras", "exponential": "Exponential", "normal": "Automatic"}
 _SCHEDULER_NAMES |= {v: k for k, v in A1111_SCHEDULER_ALIASES.items() if v not in _SCHEDULER_NAMES}
 
