@@ -171,6 +171,8 @@ def ignored_fields(args: argparse.Namespace, stored: GenerationParameters) -> li
     out = [f"{k}: {v}" for k, v in stored.extra.items()]
     if stored.refiner_name is not None and getattr(args, "refiner", None) is None:
         out.append(f"Refiner: {stored.refiner_name} (give it with --refiner PATH)")
+    if stored.hires is not None and getattr(args, "hires", None) is None:
+        out.append(f"Hires upscale: {stored.hires.scale} (the hires fix is txt2img's)")
     if stored.vae_name is not None and args.vae is None:
         out.append(f"VAE: {stored.vae_name} (give it with --vae PATH)")
     return out

@@ -16,6 +16,15 @@ Inpainting (mask: 1 = repaint, 0 = keep): a 9-channel model gets
 ``c_concat = cat([mask, encode(image * (1 - mask))])`` next to the noisy latent (ldm / A1111);
 an ordinary model keeps the masked-out region by blending every x0 estimate with the image
 latent (A1111's CFGDenoiser mask), then the kept pixels are pasted back over the decoded image.
+
+Beyond one pass (``sampling_pass.run_pass``): ``hires=HiresFix(...)`` adds A1111's hires-fix
+second pass (``hires.py``); ``refiner=PIPE`` hands the latents to an SDXL refiner at
+``refiner_switch_at`` of the schedule (diffusers' ``denoising_end`` / ``denoising_start``: the
+same sigma schedule and noise generators, the refiner from the first step whose timestep is
+below ``round(1000 * (1 - switch))``). Prompts follow A1111's emphasis, ``BREAK``, prompt
+editing and alternation (``prompt_schedule.py``), as per-step conditioning in the CFG denoiser
+(``scheduled_cfg.py``); ``clip_skip``, ``guidance_rescale`` and A1111's variation seeds are
+options (``options.py``). Sizes: any multiple of 8.
 """
 
 from __future__ import annotations
@@ -54,8 +63,8 @@ from genmodels.pipelines.seeds import MAX_SEED, resolve_seeds
 
 __all__ = [
     "GenerationResult", "LatentMaskBlend", "decode_latents", "encode_images", "img2img", "inpaint",
-    "MAX_SEED", "model_size", "resolve_seeds", "sampling_steps", "size_multiple", "total_steps",
-    "txt2img", "HiresFix",
+    "MAX_SEED", "model_size", "resolve_seeds", "sampling_steps", "size_multiple", "txt2img",
+    "HiresFix",
 ]  # fmt: skip
 
 ImageInput = Image.Image | Tensor | str | os.PathLike
@@ -259,14 +268,6 @@ def _hires_pass(
     return run_pass(pipe, params, tuple(upscaled.shape), sigmas, name, seeds,
                     schedule_steps=params.steps, hires_steps=steps, init=upscaled,
                     callback=callback)  # fmt: skip
-
-
-def total_steps(params: GenerationParameters) -> int:
-    """Sampler steps of a generation (both passes of a hires fix), for progress bars."""
-    n = sampling_steps(params.steps, params.denoising_strength)
-    if params.hires is not None:
-        n += params.hires.steps or params.steps
-    return n
 
 
 def _finish(
