@@ -40,25 +40,20 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from genmodels.diffusion.noise import SeededNoiseSampler
 from genmodels.diffusion.samplers.registry import resolve_sampler
 from genmodels.diffusion.sampling import sampler_sigmas
 from genmodels.diffusion.schedules import resolve_scheduler
 from genmodels.pipelines.conditioning import SDXLSizeConditioning
 from genmodels.pipelines.finite import check_finite
-from genmodels.pipelines.hires import HiresFix, hires_sigmas, upscale_latents
+from genmodels.pipelines.hires import HiresFix
 from genmodels.pipelines.image_reading import load_image
 from genmodels.pipelines.images import pil_to_tensor, tensor_to_pil
 from genmodels.pipelines.latent_diffusion import LatentDiffusionPipeline
 from genmodels.pipelines.limits import GenerationLimits, ModelSize, check_generation
 from genmodels.pipelines.metadata import MAX_INFOTEXT, GenerationParameters, format_infotext
+from genmodels.pipelines.multipass import base_then_refiner, hires_pass
 from genmodels.pipelines.options import check_options, refiner_fields
-from genmodels.pipelines.sampling_pass import (
-    LatentMaskBlend,
-    encode_images,
-    refiner_switch_index,
-    run_pass,
-)
+from genmodels.pipelines.sampling_pass import LatentMaskBlend, encode_images, run_pass
 from genmodels.pipelines.seeds import MAX_SEED, resolve_seeds
 
 __all__ = [
@@ -218,56 +213,12 @@ def _run(
     if refiner is None:
         latents = run_pass(pipe, params, shape, sigmas, name, seeds, init=init, **common)
     else:
-        latents = _base_then_refiner(pipe, refiner, params, shape, sigmas, name, seeds, init,
-                                     common)  # fmt: skip
+        latents = base_then_refiner(pipe, refiner, params, shape, sigmas, name, seeds, init,
+                                    common)  # fmt: skip
     if params.hires is not None:
-        latents = _hires_pass(pipe, params, latents, seeds, callback)
+        decode = lambda x: decode_latents(pipe, x)  # noqa: E731
+        latents = hires_pass(pipe, params, latents, seeds, callback, decode)
     return _finish(refiner or pipe, latents, params, seeds, images, mask)
-
-
-def _base_then_refiner(
-    pipe: LatentDiffusionPipeline, refiner: LatentDiffusionPipeline,
-    params: GenerationParameters, shape: tuple[int, ...], sigmas: Tensor, name: str,
-    seeds: list[int], init: Tensor | None, common: dict,
-) -> Tensor:  # fmt: skip
-    """The base model up to the switch step, the refiner from there on: one schedule, one set
-    of noise generators (an ancestral sampler continues its noise stream)."""
-    k = refiner_switch_index(pipe.denoiser, sigmas, params.refiner_switch_at)
-    noise = SeededNoiseSampler(torch.empty(shape, device=pipe.device), seeds)
-    x = None
-    if k > 0:
-        x = run_pass(pipe, params, shape, sigmas[: k + 1], name, seeds, init=init, noise=noise,
-                     final=k == len(sigmas) - 1, **common)  # fmt: skip
-    if k == len(sigmas) - 1:
-        return x
-    start = sigmas[k:] if x is not None else sigmas
-    return run_pass(refiner, params, shape, start, name, seeds, init=init if x is None else None,
-                    x_start=x, noise=noise, start_step=k, **common)  # fmt: skip
-
-
-def _hires_pass(
-    pipe: LatentDiffusionPipeline, params: GenerationParameters, latents: Tensor,
-    seeds: list[int], callback: Callable[[dict], None] | None,
-) -> Tensor:  # fmt: skip
-    """A1111's hires fix second pass on the first pass's latents."""
-    hr = params.hires
-    f = pipe.vae.downsample_factor
-    width, height = hr.target_size(params.width, params.height)
-    upscaled = upscale_latents(
-        latents, width, height, hr.upscaler, f, lambda x: decode_latents(pipe, x),
-        lambda px: encode_images(pipe, px),
-    )  # fmt: skip
-    steps = hr.steps or params.steps
-    sampler = hr.sampler or params.sampler
-    name, implied = resolve_sampler(sampler)
-    scheduler = hr.scheduler or (implied if hr.sampler else None) or params.scheduler
-    sigmas = hires_sigmas(
-        lambda n: sampler_sigmas(pipe.denoiser, name, scheduler, n)[1], steps,
-        hr.denoising_strength,
-    )  # fmt: skip
-    return run_pass(pipe, params, tuple(upscaled.shape), sigmas, name, seeds,
-                    schedule_steps=params.steps, hires_steps=steps, init=upscaled,
-                    callback=callback)  # fmt: skip
 
 
 def _finish(

@@ -1,0 +1,73 @@
+"""Generations of more than one pass over a latent: SDXL base -> refiner, and the hires fix.
+
+* ``base_then_refiner``: one sigma schedule split at the switch step (diffusers'
+  ``denoising_end`` / ``denoising_start``; A1111's "Refiner switch at" by timestep); the refiner
+  continues the base's latents and per-image noise generators, so refining with the base model
+  itself gives the uninterrupted run bit for bit.
+* ``hires_pass``: A1111's hires fix second pass (``hires.py``): upscale, fresh noise of the
+  image's seed, the last ``steps`` steps of ``int(steps / strength)``, the prompt schedule
+  placed after the first pass's steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from genmodels.diffusion.noise import SeededNoiseSampler
+from genmodels.diffusion.samplers.registry import resolve_sampler
+from genmodels.diffusion.sampling import sampler_sigmas
+from genmodels.pipelines.hires import hires_sigmas, upscale_latents
+from genmodels.pipelines.latent_diffusion import LatentDiffusionPipeline
+from genmodels.pipelines.metadata import GenerationParameters
+from genmodels.pipelines.sampling_pass import encode_images, refiner_switch_index, run_pass
+
+__all__ = ["base_then_refiner", "hires_pass"]
+
+
+def base_then_refiner(
+    pipe: LatentDiffusionPipeline, refiner: LatentDiffusionPipeline,
+    params: GenerationParameters, shape: tuple[int, ...], sigmas: Tensor, name: str,
+    seeds: list[int], init: Tensor | None, common: dict,
+) -> Tensor:  # fmt: skip
+    """The base model up to the switch step, the refiner from there on: one schedule, one set
+    of noise generators (an ancestral sampler continues its noise stream)."""
+    k = refiner_switch_index(pipe.denoiser, sigmas, params.refiner_switch_at)
+    noise = SeededNoiseSampler(torch.empty(shape, device=pipe.device), seeds)
+    x = None
+    if k > 0:
+        x = run_pass(pipe, params, shape, sigmas[: k + 1], name, seeds, init=init, noise=noise,
+                     final=k == len(sigmas) - 1, **common)  # fmt: skip
+    if k == len(sigmas) - 1:
+        return x
+    start = sigmas[k:] if x is not None else sigmas
+    return run_pass(refiner, params, shape, start, name, seeds, init=init if x is None else None,
+                    x_start=x, noise=noise, start_step=k, **common)  # fmt: skip
+
+
+def hires_pass(
+    pipe: LatentDiffusionPipeline, params: GenerationParameters, latents: Tensor,
+    seeds: list[int], callback: Callable[[dict], None] | None,
+    decode: Callable[[Tensor], Tensor],
+) -> Tensor:  # fmt: skip
+    """A1111's hires fix second pass on the first pass's latents (``decode``: latents ->
+    pixels in [0, 1], for the pixel upscalers)."""
+    hr = params.hires
+    f = pipe.vae.downsample_factor
+    width, height = hr.target_size(params.width, params.height)
+    upscaled = upscale_latents(
+        latents, width, height, hr.upscaler, f, decode, lambda px: encode_images(pipe, px),
+    )  # fmt: skip
+    steps = hr.steps or params.steps
+    sampler = hr.sampler or params.sampler
+    name, implied = resolve_sampler(sampler)
+    scheduler = hr.scheduler or (implied if hr.sampler else None) or params.scheduler
+    sigmas = hires_sigmas(
+        lambda n: sampler_sigmas(pipe.denoiser, name, scheduler, n)[1], steps,
+        hr.denoising_strength,
+    )  # fmt: skip
+    return run_pass(pipe, params, tuple(upscaled.shape), sigmas, name, seeds,
+                    schedule_steps=params.steps, hires_steps=steps, init=upscaled,
+                    callback=callback)  # fmt: skip
