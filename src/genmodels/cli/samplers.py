@@ -34,7 +34,7 @@ def _table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
 def sampler_rows() -> list[list[str]]:
     a1111: dict[str, list[str]] = {}
     for display, (sampler, scheduler) in A1111_ALIASES.items():
-        if scheduler is None:
+        if scheduler == SAMPLER_INFO[sampler].a1111_scheduler:  # the plain name, no suffix
             a1111.setdefault(sampler, []).append(display)
     rows = []
     for name in SAMPLERS:
