@@ -179,3 +179,10 @@ def test_sdxl_base_to_refiner(xl) -> None:
     with pytest.raises(ValueError, match="inpainting model cannot be a refiner"):
         txt2img(base, "a cat", refiner=build_pipeline(model_type="sdxl-base", inpainting=True),
                 **SMALL)  # fmt: skip
+
+
+def test_any_multiple_of_8(pipe) -> None:
+    out = txt2img(pipe, "a cat", **dict(SMALL, width=72, height=56, steps=2))
+    assert out.images[0].size == (72, 56) and out.latents.shape[-2:] == (14, 18)
+    with pytest.raises(ValueError, match="width must be a positive multiple of 8 for this model"):
+        txt2img(pipe, "a cat", **dict(SMALL, width=60))
