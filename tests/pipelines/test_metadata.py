@@ -164,3 +164,11 @@ def test_long_lines_parse(monkeypatch) -> None:
     line = 'A: 1, -b: 2, "c": 3, d e: "x, y", f/g: "unterminated, h: 4, :5, ij:6'
     reference = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
     assert _pairs(line) == reference.findall(line)
+
+
+def test_automatic_schedule_is_the_samplers_own() -> None:
+    text = "a\nSteps: 20, Sampler: DDIM, Schedule type: Automatic, CFG scale: 7, Seed: 1"
+    p = parameters_from_infotext(text)
+    assert (p.sampler, p.scheduler) == ("ddim_a1111", "ddim_uniform")
+    p = parameters_from_infotext(text.replace("DDIM", "Euler"))
+    assert (p.sampler, p.scheduler) == ("euler", "normal")

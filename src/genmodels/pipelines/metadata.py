@@ -291,7 +291,9 @@ def parameters_from_infotext(text: str) -> GenerationParameters:
     d = parse_infotext(text)
     try:
         sampler, implied = resolve_sampler(d.get("Sampler", "Euler"))
-        scheduler = resolve_scheduler(d["Schedule type"]) if "Schedule type" in d else implied
+        scheduler = implied
+        if d.get("Schedule type", "Automatic").strip().lower() != "automatic":
+            scheduler = resolve_scheduler(d["Schedule type"])  # "Automatic": the sampler's own
         hires = _hires(d)
         strength = None if hires else _number(d, "Denoising strength", None, float, 0.0, 1.0)
         refiner, refiner_hash, switch = _refiner(d)
