@@ -55,7 +55,7 @@ def test_every_field_written_read_back_and_rerun_identical(ckpts, tmp_path, caps
             "--batch-size", "2", "--outdir", str(out), *FAST]  # fmt: skip
     assert main(argv) == 0
     first, second = _pngs(out)
-    assert Image.open(first).size == (32, 24)
+    assert Image.open(first).size == (36, 24)  # whole latent pixels of the tiny VAE (4)
     text = read_png_parameters(first)
     for field in ("Size: 24x16", "Clip skip: 2", "CFG Rescale phi: 0.5", "Variation seed: 11",
                   "Variation seed strength: 0.3", "Hires upscale: 1.5", "Hires steps: 2",
@@ -161,6 +161,7 @@ BAD = [
     (["--hires", "--hires-scale", "0"], "hires scale must be a positive number"),
     (["--hires", "--hires-strength", "0"], r"hires denoising strength must be in \(0, 1\]"),
     (["--hires", "--refiner", "CKPT"], "--hires with --refiner is not supported"),
+    (["--hires", "--hires-resize", "0x0"], "hires resize must be"),
     (["--from-file", "MISSING"], "--from-file .*cannot read it"),
     (["--width", "12"], "--width must be a positive multiple of 8"),
 ]

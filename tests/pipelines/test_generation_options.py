@@ -120,7 +120,7 @@ def test_hires_fix_end_to_end(pipe, upscaler: str) -> None:
     steps = []
     out = txt2img(pipe, "a [cat:dog:0.5]", hires=hr, callback=lambda i: steps.append(i["i"]),
                   **dict(SMALL, width=24))  # fmt: skip
-    assert out.images[0].size == (32, 24)  # int(24 * 1.5) = 36 -> 32, int(16 * 1.5) = 24
+    assert out.images[0].size == (36, 24)  # int(24 * 1.5), int(16 * 1.5): whole latent pixels
     assert steps == [0, 1, 2, 3, 0, 1]  # 4 first-pass steps, then exactly the 2 hires steps
     p = out.parameters[0]
     assert (p.width, p.height, p.hires) == (24, 16, replace(hr, sampler="dpmpp_2m"))
@@ -186,3 +186,30 @@ def test_any_multiple_of_8(pipe) -> None:
     assert out.images[0].size == (72, 56) and out.latents.shape[-2:] == (14, 18)
     with pytest.raises(ValueError, match="width must be a positive multiple of 8 for this model"):
         txt2img(pipe, "a cat", **dict(SMALL, width=60))
+
+
+@pytest.mark.parametrize(
+    ("base", "resize", "up", "crop", "final"),
+    [
+        ((512, 768), (1024, 1024), (1024, 1536), (0, 64), (1024, 1024)),  # cover, crop rows
+        ((768, 512), (1024, 1024), (1536, 1024), (64, 0), (1024, 1024)),
+        ((512, 768), (1024, 0), (1024, 1536), (0, 0), (1024, 1536)),  # keep the aspect
+        ((512, 768), (0, 1152), (768, 1152), (0, 0), (768, 1152)),
+    ],
+)
+def test_hires_resize_is_a1111s(base, resize, up, crop, final) -> None:
+    hr = HiresFix(resize=resize)
+    assert hr.plan(*base) == (up, crop)
+    assert hr.target_size(*base) == final
+
+
+def test_hires_resize_end_to_end(pipe) -> None:
+    hr = HiresFix(resize=(32, 32), steps=1, upscaler="Latent (nearest)")
+    out = txt2img(pipe, "a cat", hires=hr, **dict(SMALL, width=16, height=24))
+    assert out.images[0].size == (32, 32)  # 16x24 -> 32x48, centre 32x32
+    assert "Hires resize: 32x32" in format_infotext(out.parameters[0])
+    assert "Hires upscale:" not in format_infotext(out.parameters[0])
+    _round_trip(out.parameters[0])
+    same = txt2img(pipe, "a cat", hires=HiresFix(scale=1.0), **SMALL)  # A1111: nothing to do
+    assert same.parameters[0].hires is None
+    assert torch.equal(same.latents, txt2img(pipe, "a cat", **SMALL).latents)

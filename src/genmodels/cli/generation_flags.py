@@ -98,6 +98,13 @@ def add_arguments(p: argparse.ArgumentParser, mode: str) -> None:
         hr.add_argument("--hires", action="store_true", help="enable the hires fix")
         hr.add_argument("--hires-scale", type=float, help="upscale factor (default 2)")
         hr.add_argument(
+            "--hires-resize",
+            type=_pair,
+            metavar="WxH",
+            help="upscale to this size instead (0 keeps the aspect ratio; both: "
+            "cover, then crop the centre, as A1111)",
+        )
+        hr.add_argument(
             "--hires-upscaler",
             choices=UPSCALERS,
             help="latent interpolation or pixel resize (default Latent)",
@@ -118,14 +125,17 @@ def _pick(cli: Any, stored: Any, default: Any) -> Any:
 def _hires(args: argparse.Namespace, stored: GenerationParameters | None) -> HiresFix | None:
     if getattr(args, "hires", None) is None:  # img2img / inpaint
         return None
-    given = [args.hires_scale, args.hires_upscaler, args.hires_steps, args.hires_strength,
-             args.hires_sampler, args.hires_scheduler]  # fmt: skip
+    given = [args.hires_scale, args.hires_resize, args.hires_upscaler, args.hires_steps,
+             args.hires_strength, args.hires_sampler, args.hires_scheduler]  # fmt: skip
     base = stored.hires if stored is not None else None
     if not args.hires and all(v is None for v in given) and base is None:
         return None
     base = base or HiresFix()
     return HiresFix(
         scale=_pick(args.hires_scale, None, base.scale),
+        resize=None
+        if args.hires_scale is not None
+        else _pick(args.hires_resize, None, base.resize),
         upscaler=_pick(args.hires_upscaler, None, base.upscaler),
         steps=_pick(args.hires_steps, None, base.steps),
         denoising_strength=_pick(args.hires_strength, None, base.denoising_strength),

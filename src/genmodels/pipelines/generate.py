@@ -257,6 +257,8 @@ def _parameters(
         denoising_strength=strength, model_name=_model_name(pipe),
         **_sdxl_fields(sdxl), **check_options(pipe, **options),
     )  # fmt: skip
+    if p.hires is not None and p.hires.target_size(width, height, 1) == (width, height):
+        p = replace(p, hires=None)  # A1111: upscaling to the same size disables the hires fix
     if p.hires is not None:
         w, h = p.hires.target_size(width, height)
         check_generation(w, h, batch_size, p.hires.steps or steps, limits, model_size(pipe),

@@ -7,8 +7,10 @@ sampler and strength. As A1111 (``setup_img2img_steps`` with explicit steps), th
 runs exactly ``steps`` steps: the last ``steps`` of a schedule of ``int(steps / min(strength,
 0.999))`` steps, starting from the upscaled latents plus fresh noise of the image's seed.
 
-The target size is ``int(base * scale)`` per side, rounded down to a multiple of 8 (A1111 floors
-to whole latent pixels as well).
+The target size is ``int(base * scale)`` per side, or ``resize`` = (width, height) (A1111's
+"Resize width to / height to"; 0 keeps the aspect ratio; with both given the image is upscaled
+to cover them and the latents are cropped to the centre, as A1111's ``truncate_x/y``). The
+latents get ``size // 8`` pixels per side (A1111 floors to whole latent pixels as well).
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ from torch import Tensor
 
 from genmodels.pipelines.images import pil_to_tensor, tensor_to_pil
 
-__all__ = ["LATENT_UPSCALERS", "PIXEL_UPSCALERS", "HiresFix", "hires_sigmas", "upscale_latents"]
+__all__ = [
+    "LATENT_UPSCALERS", "PIXEL_UPSCALERS", "HiresFix", "crop_latents", "hires_sigmas",
+    "upscale_latents",
+]  # fmt: skip
 
 # A1111 ``shared.latent_upscale_modes``: name -> (F.interpolate mode, antialias)
 LATENT_UPSCALERS: dict[str, tuple[str, bool]] = {
@@ -48,6 +53,7 @@ class HiresFix:
     ``Denoising strength``, ``Hires sampler``, ``Hires schedule type``)."""
 
     scale: float = 2.0
+    resize: tuple[int, int] | None = None  # (width, height), 0: keep the aspect; overrides scale
     upscaler: str = "Latent"
     steps: int = 0  # 0: as many as the first pass
     denoising_strength: float = 0.7
@@ -65,13 +71,37 @@ class HiresFix:
         d = self.denoising_strength
         if isinstance(d, bool) or not isinstance(d, int | float) or not 0 < d <= 1:
             raise ValueError(f"hires denoising strength must be in (0, 1], got {d!r}")
+        r = self.resize
+        if r is not None:
+            ok = len(r) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in r)
+            if not ok or min(r) < 0 or max(r) == 0:
+                raise ValueError(f"hires resize must be (width, height) >= 0, not both 0: {r!r}")
 
-    def target_size(self, width: int, height: int) -> tuple[int, int]:
-        """(width, height) of the second pass: ``int(side * scale)`` floored to a multiple of 8."""
-        w, h = int(width * self.scale) // 8 * 8, int(height * self.scale) // 8 * 8
-        if w < 8 or h < 8:
-            raise ValueError(f"hires scale {self.scale} makes {width}x{height} smaller than 8")
-        return w, h
+    def plan(
+        self, width: int, height: int, factor: int = 8
+    ) -> tuple[tuple[int, int], tuple[int, int]]:
+        """((width, height) to upscale to, (x, y) latent pixels to crop) for a first pass of
+        ``width`` x ``height`` and a VAE ``factor`` (A1111 ``StableDiffusionProcessingTxt2Img
+        .init``)."""
+        crop = (0, 0)
+        if self.resize is None:
+            up = (int(width * self.scale), int(height * self.scale))
+        else:
+            rx, ry = self.resize
+            if ry == 0 or (rx and width / height < rx / ry):
+                up = (rx, rx * height // width)
+            else:
+                up = (ry * width // height, ry)
+            if rx and ry:
+                crop = ((up[0] - rx) // factor, (up[1] - ry) // factor)
+        if up[0] // factor - crop[0] < 1 or up[1] // factor - crop[1] < 1:
+            raise ValueError(f"the hires fix makes {width}x{height} smaller than 8 pixels")
+        return up, crop
+
+    def target_size(self, width: int, height: int, factor: int = 8) -> tuple[int, int]:
+        """(width, height) of the second pass (whole latent pixels)."""
+        (w, h), (cx, cy) = self.plan(width, height, factor)
+        return (w // factor - cx) * factor, (h // factor - cy) * factor
 
 
 def hires_sigmas(full: Callable[[int], Tensor], steps: int, strength: float) -> Tensor:
@@ -98,3 +128,11 @@ def upscale_latents(
     resized = [im.resize((width, height), resample=resample) for im in images]
     pixels = torch.stack([pil_to_tensor(im, "RGB") for im in resized])
     return encode(pixels)
+
+
+def crop_latents(latents: Tensor, crop: tuple[int, int]) -> Tensor:
+    """Drop ``crop`` = (x, y) latent pixels, half (rounded down) before, the rest after
+    (A1111's ``truncate_x`` / ``truncate_y``)."""
+    cx, cy = crop
+    h, w = latents.shape[-2:]
+    return latents[..., cy // 2 : h - (cy + 1) // 2, cx // 2 : w - (cx + 1) // 2]

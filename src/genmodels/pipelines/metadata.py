@@ -152,7 +152,8 @@ def _fields(p: GenerationParameters) -> dict[str, object]:
         "Denoising strength": strength,
         "Clip skip": p.clip_skip if p.clip_skip > 1 else None,
         "CFG Rescale phi": p.guidance_rescale or None,
-        "Hires upscale": None if hr is None else hr.scale,
+        "Hires upscale": None if hr is None or hr.resize is not None else hr.scale,
+        "Hires resize": None if hr is None else _size(hr.resize),
         "Hires steps": None if hr is None or not hr.steps else hr.steps,
         "Hires upscaler": None if hr is None else hr.upscaler,
         "Hires sampler": None if hr is None or hr.sampler is None else _sampler_name(hr.sampler),
@@ -219,7 +220,8 @@ def parse_infotext(text: str) -> dict[str, str]:
 _KNOWN = {"Prompt", "Negative prompt", "Steps", "Sampler", "Schedule type", "CFG scale", "Seed",
           "Size", "Size-1", "Size-2", "Model hash", "Model", "Denoising strength", "VAE hash",
           "VAE", "Variation seed", "Variation seed strength", "Clip skip", "CFG Rescale phi",
-          "Hires upscale", "Hires steps", "Hires upscaler", "Hires sampler",
+          "Hires upscale", "Hires steps", "Hires upscaler", "Hires sampler", "Hires resize",
+          "Hires resize-1", "Hires resize-2",
           "Hires schedule type", "Refiner", "Refiner switch at", "Prediction",
           "Aesthetic score", "Negative aesthetic score"}  # fmt: skip
 _SIZE_KEYS = {"SDXL original size": "sdxl_original_size", "SDXL crop top left": "sdxl_crop",
@@ -251,7 +253,7 @@ def _pair(d: dict[str, str], key: str) -> tuple[int, int] | None:
 
 
 def _hires(d: dict[str, str]) -> HiresFix | None:
-    if "Hires upscale" not in d and "Hires upscaler" not in d:
+    if "Hires upscale" not in d and "Hires upscaler" not in d and "Hires resize" not in d:
         return None
     sampler = scheduler = None
     upscaler = d.get("Hires upscaler", "Latent")
@@ -263,6 +265,7 @@ def _hires(d: dict[str, str]) -> HiresFix | None:
         scheduler = resolve_scheduler(d["Hires schedule type"])
     return HiresFix(
         scale=_number(d, "Hires upscale", 2.0, float, 1e-3, 64.0),
+        resize=_pair(d, "Hires resize"),
         upscaler=upscaler,
         steps=_number(d, "Hires steps", 0, int, 0, 2**31 - 1),
         denoising_strength=_number(d, "Denoising strength", 0.7, float, 1e-6, 1.0),

@@ -19,7 +19,7 @@ from torch import Tensor
 from genmodels.diffusion.noise import SeededNoiseSampler
 from genmodels.diffusion.samplers.registry import resolve_sampler
 from genmodels.diffusion.sampling import sampler_sigmas
-from genmodels.pipelines.hires import hires_sigmas, upscale_latents
+from genmodels.pipelines.hires import crop_latents, hires_sigmas, upscale_latents
 from genmodels.pipelines.latent_diffusion import LatentDiffusionPipeline
 from genmodels.pipelines.metadata import GenerationParameters
 from genmodels.pipelines.sampling_pass import encode_images, refiner_switch_index, run_pass
@@ -56,10 +56,12 @@ def hires_pass(
     pixels in [0, 1], for the pixel upscalers)."""
     hr = params.hires
     f = pipe.vae.downsample_factor
-    width, height = hr.target_size(params.width, params.height)
+    (width, height), crop = hr.plan(params.width, params.height, f)
     upscaled = upscale_latents(
-        latents, width, height, hr.upscaler, f, decode, lambda px: encode_images(pipe, px),
+        latents, width // f * f, height // f * f, hr.upscaler, f, decode,
+        lambda px: encode_images(pipe, px),
     )  # fmt: skip
+    upscaled = crop_latents(upscaled, crop)
     steps = hr.steps or params.steps
     sampler = hr.sampler or params.sampler
     name, implied = resolve_sampler(sampler)
