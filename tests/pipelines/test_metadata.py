@@ -172,3 +172,9 @@ def test_automatic_schedule_is_the_samplers_own() -> None:
     assert (p.sampler, p.scheduler) == ("ddim_a1111", "ddim_uniform")
     p = parameters_from_infotext(text.replace("DDIM", "Euler"))
     assert (p.sampler, p.scheduler) == ("euler", "normal")
+
+
+def test_rng_cpu_is_ours_other_rngs_are_reported() -> None:
+    text = "a\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, RNG: CPU"
+    assert parameters_from_infotext(text).extra == {}
+    assert parameters_from_infotext(text.replace("CPU", "GPU")).extra == {"RNG": "GPU"}

@@ -223,7 +223,7 @@ _KNOWN = {"Prompt", "Negative prompt", "Steps", "Sampler", "Schedule type", "CFG
           "Hires upscale", "Hires steps", "Hires upscaler", "Hires sampler", "Hires resize",
           "Hires resize-1", "Hires resize-2",
           "Hires schedule type", "Refiner", "Refiner switch at", "Prediction",
-          "Aesthetic score", "Negative aesthetic score"}  # fmt: skip
+          "Aesthetic score", "Negative aesthetic score", "RNG"}  # fmt: skip
 _SIZE_KEYS = {"SDXL original size": "sdxl_original_size", "SDXL crop top left": "sdxl_crop",
               "SDXL target size": "sdxl_target_size"}  # fmt: skip
 _KNOWN |= {f"{k}{suffix}" for k in _SIZE_KEYS for suffix in ("", "-1", "-2")}
@@ -274,7 +274,11 @@ def _hires(d: dict[str, str]) -> HiresFix | None:
 
 
 def _substituted(key: str, d: dict[str, str]) -> bool:
-    """A known key whose value we cannot honour (kept in ``extra`` so that it is reported)."""
+    """A known key whose value we cannot honour (kept in ``extra`` so that it is reported):
+    an upscaler we do not have, or an A1111 RNG other than its "CPU" one (ours: per-image CPU
+    generators)."""
+    if key == "RNG":
+        return d[key] != "CPU"
     return key == "Hires upscaler" and d[key] not in UPSCALERS
 
 
