@@ -12,7 +12,11 @@ from genmodels.pipelines.build import build_pipeline
 from genmodels.pipelines.conditioning import encode_prompts
 from genmodels.pipelines.generate import txt2img
 from genmodels.pipelines.prompt_schedule import prompt_schedule, schedule_index
-from genmodels.pipelines.scheduled_cfg import ScheduledCFG, schedule_conditioning
+from genmodels.pipelines.scheduled_cfg import (
+    ScheduledCFG,
+    schedule_conditioning,
+    schedule_length,
+)
 
 # (prompt, steps) -> [(end_at_step, prompt), ...]: the wiki's "Prompt editing" / "Alternating
 # words" examples and the table in A1111's prompt_parser docstring (10 steps).
@@ -180,12 +184,33 @@ def test_each_distinct_prompt_encoded_once_and_used_at_its_steps(pipe) -> None:
 
     guided = ScheduledCFG(fake, cond, uncond, scale=7.0)
     x = torch.zeros(1, 4, 2, 2)
-    for i in range(4):
+    for _ in range(4):  # each call is one step of the schedule (A1111 counts calls)
         guided(x, torch.ones(1))
-        guided.on_step({"i": i})
     sums = [float(ctx[k].sum()) for k in range(4)]
     # A1111: [a|b] gives a for steps 0-1 (entry 1 ends at step 1), b at 2, a at 3
     assert seen == [(sums[0], sums[2]), (sums[0], sums[2]), (sums[1], sums[2]), (sums[0], sums[3])]
+
+
+def test_two_call_samplers_walk_a_schedule_twice_as_long(pipe) -> None:
+    """A1111's second-order samplers: the schedule has 2 x steps entries, one per model call."""
+    assert schedule_length("Heun", 4) == 8 and schedule_length("DPM++ SDE", 3) == 6
+    assert schedule_length("Euler a", 4) == 4 and schedule_length("DDIM", 4) == 4
+    contexts = []
+    original = pipe.denoiser.forward
+
+    def spy(x, sigma, **cond):
+        contexts.append(float(cond["context"][0].sum()))
+        return original(x, sigma, **cond)
+
+    pipe.denoiser.forward = spy
+    try:
+        txt2img(pipe, "[a cat:a dog:0.5]", sampler="Heun", width=16, height=16, steps=4, seed=1)
+    finally:
+        del pipe.denoiser.forward
+    ctx, _ = encode_prompts(pipe.text_encoder, ["a cat", "a dog"])
+    cat, dog = float(ctx[0].sum()), float(ctx[1].sum())
+    # 7 calls (the last Heun step has one); entry "a cat" ends at call 4 of the 8-call schedule
+    assert contexts == [cat] * 5 + [dog] * 2
 
 
 def test_prompt_editing_in_txt2img(pipe) -> None:

@@ -54,6 +54,7 @@ from genmodels.pipelines.metadata import MAX_INFOTEXT, GenerationParameters, for
 from genmodels.pipelines.multipass import base_then_refiner, hires_pass
 from genmodels.pipelines.options import check_options, refiner_fields
 from genmodels.pipelines.sampling_pass import LatentMaskBlend, encode_images, run_pass
+from genmodels.pipelines.scheduled_cfg import schedule_length
 from genmodels.pipelines.seeds import MAX_SEED, resolve_seeds
 
 __all__ = [
@@ -209,7 +210,8 @@ def _run(
             return _finish(pipe, init, params, seeds, images, mask)
         n = len(sigmas) - 1
         sigmas = sigmas[n - sampling_steps(n, strength) :]
-    common = dict(schedule_steps=params.steps, images=images, mask=mask, callback=callback)
+    length = schedule_length(name, params.steps)  # the prompt schedule's steps (A1111)
+    common = dict(schedule_steps=length, images=images, mask=mask, callback=callback)
     if refiner is None:
         latents = run_pass(pipe, params, shape, sigmas, name, seeds, init=init, **common)
     else:

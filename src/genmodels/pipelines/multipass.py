@@ -23,6 +23,7 @@ from genmodels.pipelines.hires import crop_latents, hires_sigmas, upscale_latent
 from genmodels.pipelines.latent_diffusion import LatentDiffusionPipeline
 from genmodels.pipelines.metadata import GenerationParameters
 from genmodels.pipelines.sampling_pass import encode_images, refiner_switch_index, run_pass
+from genmodels.pipelines.scheduled_cfg import schedule_length
 
 __all__ = ["base_then_refiner", "hires_pass"]
 
@@ -35,6 +36,7 @@ def base_then_refiner(
     """The base model up to the switch step, the refiner from there on: one schedule, one set
     of noise generators (an ancestral sampler continues its noise stream)."""
     k = refiner_switch_index(pipe.denoiser, sigmas, params.refiner_switch_at)
+    calls = common["schedule_steps"] // params.steps  # model calls a step (A1111's count)
     noise = SeededNoiseSampler(torch.empty(shape, device=pipe.device), seeds)
     x = None
     if k > 0:
@@ -44,7 +46,7 @@ def base_then_refiner(
         return x
     start = sigmas[k:] if x is not None else sigmas
     return run_pass(refiner, params, shape, start, name, seeds, init=init if x is None else None,
-                    x_start=x, noise=noise, start_step=k, **common)  # fmt: skip
+                    x_start=x, noise=noise, start_step=k * calls, **common)  # fmt: skip
 
 
 def hires_pass(
@@ -71,5 +73,6 @@ def hires_pass(
         hr.denoising_strength,
     )  # fmt: skip
     return run_pass(pipe, params, tuple(upscaled.shape), sigmas, name, seeds,
-                    schedule_steps=params.steps, hires_steps=steps, init=upscaled,
+                    schedule_steps=schedule_length(params.sampler, params.steps),
+                    hires_steps=schedule_length(name, steps), init=upscaled,
                     callback=callback)  # fmt: skip

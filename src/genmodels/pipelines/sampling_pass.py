@@ -144,17 +144,13 @@ def run_pass(
         model = LatentMaskBlend(guided, init, keep)
     watch = FiniteWatch(callback, steps=len(sigmas) - 1)
 
-    def on_step(info: dict) -> None:
-        guided.on_step(info)
-        watch(info)
-
     transform = None
     if params.variation_strength and params.variation_seed is not None:
         var_seeds = [params.variation_seed] * shape[0]  # A1111: one subseed for the batch
         transform = lambda n: variation_noise(n, var_seeds, params.variation_strength)  # noqa: E731
     latents = sample(
         model, shape, sampler=sampler, sigmas=sigmas, seeds=seeds, init=init, extra_args=extra,
-        callback=on_step, disable=True, device=pipe.device, dtype=torch.float32, noise=noise,
+        callback=watch, disable=True, device=pipe.device, dtype=torch.float32, noise=noise,
         x_start=x_start, noise_transform=transform,
     )  # fmt: skip
     watch.check(latents)

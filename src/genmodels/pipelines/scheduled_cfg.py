@@ -4,10 +4,10 @@
 ``ConditioningSchedule``s: the distinct prompts of ``prompt_schedule`` (each encoded once, all in
 one batch, padded to the same number of 77-token chunks with empty chunks as A1111 pads cond and
 uncond) and the step up to which each is used. ``ScheduledCFG`` is the classifier-free guidance
-denoiser whose cond and uncond follow the sampler step: the sampler's callback reports step
-``i`` done and the next call uses step ``i + 1`` (A1111 counts model calls instead, which is the
-same for the one-call-per-step samplers; a second-order sampler's second call here belongs to
-the next step, whose noise level it evaluates).
+denoiser whose cond and uncond follow the step: as A1111's ``CFGDenoiser``, it counts its own
+calls, and ``schedule_length`` gives the length of the schedule those calls walk through: the
+steps, twice the steps for the samplers that call the model twice a step (A1111's
+``second_order`` samplers: Heun, DPM2, DPM2 a, DPM++ 2S a, DPM++ SDE; ``SamplerData.total_steps``).
 
 ``clip_skip(encoder, n)`` is A1111's "Clip skip" for the duration of a ``with`` block: the
 hidden state ``n`` layers from the end, with the final layer norm, for SD 1.x's CLIP-L (A1111
@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from genmodels.diffusion.guidance import CFGDenoiser
+from genmodels.diffusion.samplers.registry import SAMPLER_INFO, resolve_sampler
 from genmodels.models.family import ModelFamily
 from genmodels.models.text.encoders import TextEncoder
 from genmodels.pipelines.conditioning import SDXLSizeConditioning, encode_prompts, sdxl_vector
@@ -32,7 +33,7 @@ from genmodels.pipelines.prompt_schedule import ScheduleEntry, prompt_schedule, 
 
 __all__ = [
     "ConditioningSchedule", "ScheduledCFG", "clip_skip", "clip_skip_applies",
-    "schedule_conditioning",
+    "schedule_conditioning", "schedule_length",
 ]  # fmt: skip
 
 
@@ -87,12 +88,12 @@ def schedule_conditioning(
 
 
 class ScheduledCFG(nn.Module):
-    """CFG (``CFGDenoiser``) whose cond / uncond are those of the current sampler step.
+    """CFG (``CFGDenoiser``) whose cond / uncond are those of the current step of the schedule.
 
     Called as a denoiser with the per-run keyword arguments (``c_concat`` of inpainting models);
-    ``uncond_extra`` holds their unconditional counterparts. ``on_step`` is the sampler
-    callback that advances the step; ``step`` starts at ``start_step`` (a refiner continuing a
-    base run)."""
+    ``uncond_extra`` holds their unconditional counterparts. Each call is one step of the
+    schedule (A1111 counts model calls); ``step`` starts at ``start_step`` (a refiner
+    continuing a base run)."""
 
     def __init__(
         self, denoiser: Callable[..., Tensor], cond: ConditioningSchedule,
@@ -103,12 +104,8 @@ class ScheduledCFG(nn.Module):
         self.denoiser, self.cond, self.uncond = denoiser, cond, uncond
         self.scale, self.rescale = scale, rescale
         self.uncond_extra = uncond_extra or {}
-        self.step = self.start_step = start_step
+        self.step = start_step
         self._cfg: dict[int, CFGDenoiser] = {}  # one per distinct uncond entry
-
-    def on_step(self, info: dict) -> None:
-        """Sampler callback: step ``info["i"]`` is done."""
-        self.step = self.start_step + int(info["i"]) + 1
 
     def forward(self, x: Tensor, sigma: Tensor, **extra: Any) -> Tensor:
         b = x.shape[0]
@@ -117,7 +114,17 @@ class ScheduledCFG(nn.Module):
         if k not in self._cfg:
             uncond = {**self.uncond.conds[k], **self.uncond_extra}
             self._cfg[k] = CFGDenoiser(self.denoiser, uncond, self.scale, self.rescale)
-        return self._cfg[k](x, sigma, **cond, **extra)
+        out = self._cfg[k](x, sigma, **cond, **extra)
+        self.step += 1
+        return out
+
+
+def schedule_length(sampler: str, steps: int) -> int:
+    """Steps of the prompt schedule for ``steps`` sampler steps: model calls, as A1111 counts
+    them (twice the steps for its ``second_order`` samplers, our two-call samplers)."""
+    return (
+        steps * 2 if SAMPLER_INFO[resolve_sampler(sampler)[0]].model_calls_per_step == 2 else steps
+    )
 
 
 def clip_skip_applies(model_type: ModelFamily) -> bool:
