@@ -213,3 +213,15 @@ def test_hires_resize_end_to_end(pipe) -> None:
     same = txt2img(pipe, "a cat", hires=HiresFix(scale=1.0), **SMALL)  # A1111: nothing to do
     assert same.parameters[0].hires is None
     assert torch.equal(same.latents, txt2img(pipe, "a cat", **SMALL).latents)
+
+
+def test_hires_prompt(pipe) -> None:
+    base = dict(SMALL, hires=HiresFix(steps=1, denoising_strength=0.5))
+    plain = txt2img(pipe, "a cat", **base)
+    hr = HiresFix(steps=1, denoising_strength=0.5, prompt="a dog, sharp", negative_prompt="x")
+    other = txt2img(pipe, "a cat", **dict(base, hires=hr))
+    assert not torch.allclose(plain.latents, other.latents)
+    text = format_infotext(other.parameters[0])
+    assert 'Hires prompt: "a dog, sharp", Hires negative prompt: x' in text
+    _round_trip(other.parameters[0])
+    assert other.parameters[0].prompt == "a cat"

@@ -115,6 +115,11 @@ def add_arguments(p: argparse.ArgumentParser, mode: str) -> None:
         )
         hr.add_argument("--hires-sampler", help="second-pass sampler (default: --sampler)")
         hr.add_argument("--hires-scheduler", help="second-pass schedule (default: --scheduler)")
+        hr.add_argument("--hires-prompt", help="second-pass prompt (default: --prompt)")
+        hr.add_argument(
+            "--hires-negative-prompt",
+            help="second-pass negative prompt (default: --negative-prompt)",
+        )
     # fmt: skip
 
 
@@ -126,7 +131,8 @@ def _hires(args: argparse.Namespace, stored: GenerationParameters | None) -> Hir
     if getattr(args, "hires", None) is None:  # img2img / inpaint
         return None
     given = [args.hires_scale, args.hires_resize, args.hires_upscaler, args.hires_steps,
-             args.hires_strength, args.hires_sampler, args.hires_scheduler]  # fmt: skip
+             args.hires_strength, args.hires_sampler, args.hires_scheduler, args.hires_prompt,
+             args.hires_negative_prompt]  # fmt: skip
     base = stored.hires if stored is not None else None
     if not args.hires and all(v is None for v in given) and base is None:
         return None
@@ -141,6 +147,8 @@ def _hires(args: argparse.Namespace, stored: GenerationParameters | None) -> Hir
         denoising_strength=_pick(args.hires_strength, None, base.denoising_strength),
         sampler=_pick(args.hires_sampler, None, base.sampler),
         scheduler=_pick(args.hires_scheduler, None, base.scheduler),
+        prompt=_pick(args.hires_prompt, None, base.prompt),
+        negative_prompt=_pick(args.hires_negative_prompt, None, base.negative_prompt),
     )
 
 

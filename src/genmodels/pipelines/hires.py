@@ -49,8 +49,9 @@ UPSCALERS = (*LATENT_UPSCALERS, *PIXEL_UPSCALERS)
 
 @dataclass(frozen=True)
 class HiresFix:
-    """Second-pass settings (infotext: ``Hires upscale``, ``Hires steps``, ``Hires upscaler``,
-    ``Denoising strength``, ``Hires sampler``, ``Hires schedule type``)."""
+    """Second-pass settings (infotext: ``Hires upscale`` / ``Hires resize``, ``Hires steps``,
+    ``Hires upscaler``, ``Denoising strength``, ``Hires sampler``, ``Hires schedule type``,
+    ``Hires prompt``, ``Hires negative prompt``)."""
 
     scale: float = 2.0
     resize: tuple[int, int] | None = None  # (width, height), 0: keep the aspect; overrides scale
@@ -59,6 +60,8 @@ class HiresFix:
     denoising_strength: float = 0.7
     sampler: str | None = None  # None: the first pass's
     scheduler: str | None = None  # None: the first pass's (or the hires sampler's own)
+    prompt: str | None = None  # None: the first pass's
+    negative_prompt: str | None = None  # None: the first pass's
 
     def __post_init__(self) -> None:
         s = self.scale
@@ -71,6 +74,10 @@ class HiresFix:
         d = self.denoising_strength
         if isinstance(d, bool) or not isinstance(d, int | float) or not 0 < d <= 1:
             raise ValueError(f"hires denoising strength must be in (0, 1], got {d!r}")
+        for name in ("prompt", "negative_prompt"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"hires {name} must be a str, got {type(value).__name__}")
         r = self.resize
         if r is not None:
             ok = len(r) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in r)

@@ -159,6 +159,8 @@ def _fields(p: GenerationParameters) -> dict[str, object]:
         "Hires sampler": None if hr is None or hr.sampler is None else _sampler_name(hr.sampler),
         "Hires schedule type": None if hr is None or hr.scheduler is None
         else _SCHEDULER_NAMES.get(hr.scheduler, hr.scheduler),
+        "Hires prompt": None if hr is None else hr.prompt,
+        "Hires negative prompt": None if hr is None else hr.negative_prompt,
         "Refiner": refiner,
         "Refiner switch at": p.refiner_switch_at if refiner is not None else None,
         "SDXL original size": _size(p.sdxl_original_size),
@@ -221,7 +223,7 @@ _KNOWN = {"Prompt", "Negative prompt", "Steps", "Sampler", "Schedule type", "CFG
           "Size", "Size-1", "Size-2", "Model hash", "Model", "Denoising strength", "VAE hash",
           "VAE", "Variation seed", "Variation seed strength", "Clip skip", "CFG Rescale phi",
           "Hires upscale", "Hires steps", "Hires upscaler", "Hires sampler", "Hires resize",
-          "Hires resize-1", "Hires resize-2",
+          "Hires resize-1", "Hires resize-2", "Hires prompt", "Hires negative prompt",
           "Hires schedule type", "Refiner", "Refiner switch at", "Prediction",
           "Aesthetic score", "Negative aesthetic score", "RNG"}  # fmt: skip
 _SIZE_KEYS = {"SDXL original size": "sdxl_original_size", "SDXL crop top left": "sdxl_crop",
@@ -266,6 +268,7 @@ def _hires(d: dict[str, str]) -> HiresFix | None:
     return HiresFix(
         scale=_number(d, "Hires upscale", 2.0, float, 1e-3, 64.0),
         resize=_pair(d, "Hires resize"),
+        prompt=d.get("Hires prompt"), negative_prompt=d.get("Hires negative prompt"),
         upscaler=upscaler,
         steps=_number(d, "Hires steps", 0, int, 0, 2**31 - 1),
         denoising_strength=_number(d, "Denoising strength", 0.7, float, 1e-6, 1.0),

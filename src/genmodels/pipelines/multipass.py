@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 from torch import Tensor
@@ -72,7 +73,14 @@ def hires_pass(
         lambda n: sampler_sigmas(pipe.denoiser, name, scheduler, n)[1], steps,
         hr.denoising_strength,
     )  # fmt: skip
+    if hr.prompt is not None or hr.negative_prompt is not None:  # A1111's "Hires prompt"
+        negative = _or(hr.negative_prompt, params.negative_prompt)
+        params = replace(params, prompt=_or(hr.prompt, params.prompt), negative_prompt=negative)
     return run_pass(pipe, params, tuple(upscaled.shape), sigmas, name, seeds,
                     schedule_steps=schedule_length(params.sampler, params.steps),
                     hires_steps=schedule_length(name, steps), init=upscaled,
                     callback=callback)  # fmt: skip
+
+
+def _or(value: str | None, default: str) -> str:
+    return default if value is None else value
