@@ -148,10 +148,11 @@ def test_switch_index_is_diffusers_cutoff(pipe) -> None:
     assert refiner_switch_index(pipe.denoiser, sigmas, 0.0) == 0  # the refiner runs every step
 
 
-def test_refiner_continuing_the_same_model_equals_one_run(pipe) -> None:
-    """The hand-off keeps the latents and the ancestral noise stream: refining with the base
-    model itself gives the uninterrupted run, bit for bit."""
-    opts = dict(SMALL, sampler="Euler a", batch_size=2, steps=6)
+@pytest.mark.parametrize("sampler", ["Euler a", "DDIM", "Heun"])
+def test_refiner_continuing_the_same_model_equals_one_run(pipe, sampler: str) -> None:
+    """The hand-off keeps the latents, the ancestral noise stream and the prompt schedule's
+    step: refining with the base model itself gives the uninterrupted run, bit for bit."""
+    opts = dict(SMALL, sampler=sampler, batch_size=2, steps=6)
     plain = txt2img(pipe, "a [cat:dog:3]", **opts)
     split = txt2img(pipe, "a [cat:dog:3]", refiner=pipe, refiner_switch_at=0.5, **opts)
     assert torch.equal(split.latents, plain.latents)

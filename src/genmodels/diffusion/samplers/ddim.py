@@ -106,13 +106,17 @@ def sample_ddim_a1111(
     ``x_vp = x / sqrt(1 + sigma^2)`` is what A1111 decodes, and what this returns. (ldm's own
     DDIMSampler, A1111 < 1.6, takes one step more, to ``alphas_cumprod[0]``.) A1111 starts
     txt2img from unit variance-preserving noise, ``x = noise * sqrt(1 + sigma_max^2)``: the
-    registry marks this sampler ``vp_start`` so that ``sampling.sample`` scales it so.
+    registry marks this sampler ``vp_start`` so that ``sampling.sample`` scales it so. A
+    schedule that does not end with 0 (the base model's part before a refiner takes over) runs
+    plain DDIM steps, its end converted by the part that ends the schedule.
     """
-    positive = sigmas[sigmas > 0]
-    if len(positive) < 2:  # one timestep: A1111 runs no step at all
-        return x / (1 + positive[-1] ** 2).sqrt() if len(positive) else x
-    x = sample_ddim(model, x, positive, extra_args, callback, disable, eta,
-                    noise_sampler=noise_sampler)  # fmt: skip
+    if sigmas[-1] != 0:  # part of a schedule (a refiner continues): plain DDIM steps
+        return sample_ddim(model, x, sigmas, extra_args, callback, disable, eta,
+                           noise_sampler=noise_sampler)  # fmt: skip
+    positive = sigmas[:-1]  # the last step, to sigma 0, is the one A1111 does not take
+    if len(positive) >= 2:
+        x = sample_ddim(model, x, positive, extra_args, callback, disable, eta,
+                        noise_sampler=noise_sampler)  # fmt: skip
     return x / (1 + positive[-1] ** 2).sqrt()
 
 
