@@ -226,3 +226,17 @@ def test_hires_prompt(pipe) -> None:
     assert 'Hires prompt: "a dog, sharp", Hires negative prompt: x' in text
     _round_trip(other.parameters[0])
     assert other.parameters[0].prompt == "a cat"
+
+
+def test_eta(pipe) -> None:
+    a = txt2img(pipe, "a cat", sampler="Euler a", **SMALL)
+    b = txt2img(pipe, "a cat", sampler="Euler a", eta=0.0, **SMALL)
+    euler = txt2img(pipe, "a cat", sampler="Euler", **SMALL)
+    assert not torch.allclose(a.latents, b.latents)
+    torch.testing.assert_close(b.latents, euler.latents)  # eta 0: no ancestral noise
+    assert "Eta: 0.0" in format_infotext(b.parameters[0])
+    d = txt2img(pipe, "a cat", sampler="DDIM", eta=0.5, **SMALL).parameters[0]
+    assert "Eta DDIM: 0.5" in format_infotext(d)
+    _round_trip(d)
+    # a sampler without noise ignores eta (as A1111)
+    assert torch.equal(txt2img(pipe, "a cat", eta=0.3, **SMALL).latents, euler.latents)

@@ -172,6 +172,8 @@ def _check_flags(args: argparse.Namespace, opts: dict) -> None:
     for name in ("guidance_rescale", "variation_strength"):
         if not 0.0 <= o[name] <= 1.0:  # also refuses NaN
             raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {o[name]}")
+    if o["eta"] is not None and not 0.0 <= o["eta"] <= 1e3:
+        raise ValueError(f"--eta must be a number >= 0, got {o['eta']}")
     if o["variation_strength"] and o["variation_seed"] is None:
         raise ValueError("--variation-strength needs a --variation-seed")
     if o["variation_seed"] is not None:

@@ -46,6 +46,11 @@ def add_arguments(p: argparse.ArgumentParser, mode: str) -> None:
         choices=("eps", "v"),
         help="override the checkpoint's detected prediction type",
     )
+    p.add_argument(
+        "--eta",
+        type=float,
+        help="noise of ancestral / SDE / DDIM samplers (A1111 Eta; default 1, DDIM 0)",
+    )
     p.add_argument("--variation-seed", type=int, help="A1111 variation seed")
     p.add_argument(
         "--variation-strength",
@@ -163,6 +168,7 @@ def generation_options(
         guidance_rescale=_pick(args.guidance_rescale, s and s.guidance_rescale, 0.0),
         variation_seed=_pick(args.variation_seed, s and s.variation_seed, None),
         variation_strength=_pick(args.variation_strength, s and s.variation_strength, 0.0),
+        eta=_pick(args.eta, s and s.eta, None),
     )
     hires = _hires(args, s)
     if hires is not None:

@@ -91,6 +91,7 @@ class GenerationParameters:
     aesthetic_score: float | None = None  # refiner; None: 6.0 (sgm / diffusers default)
     negative_aesthetic_score: float | None = None  # refiner; None: 2.5
     prediction: str | None = None  # "eps" / "v" when overriding the checkpoint's
+    eta: float | None = None  # the sampler's eta (A1111 "Eta" / "Eta DDIM"); None: its default
     extra: dict[str, str] = field(default_factory=dict)  # other infotext keys, kept verbatim
 
 
@@ -150,6 +151,7 @@ def _fields(p: GenerationParameters) -> dict[str, object]:
         "Variation seed": p.variation_seed if p.variation_strength else None,
         "Variation seed strength": p.variation_strength or None,
         "Denoising strength": strength,
+        "Eta DDIM" if p.sampler.startswith("ddim") else "Eta": p.eta,
         "Clip skip": p.clip_skip if p.clip_skip > 1 else None,
         "CFG Rescale phi": p.guidance_rescale or None,
         "Hires upscale": None if hr is None or hr.resize is not None else hr.scale,
@@ -225,7 +227,7 @@ _KNOWN = {"Prompt", "Negative prompt", "Steps", "Sampler", "Schedule type", "CFG
           "Hires upscale", "Hires steps", "Hires upscaler", "Hires sampler", "Hires resize",
           "Hires resize-1", "Hires resize-2", "Hires prompt", "Hires negative prompt",
           "Hires schedule type", "Refiner", "Refiner switch at", "Prediction",
-          "Aesthetic score", "Negative aesthetic score", "RNG"}  # fmt: skip
+          "Aesthetic score", "Negative aesthetic score", "RNG", "Eta", "Eta DDIM"}  # fmt: skip
 _SIZE_KEYS = {"SDXL original size": "sdxl_original_size", "SDXL crop top left": "sdxl_crop",
               "SDXL target size": "sdxl_target_size"}  # fmt: skip
 _KNOWN |= {f"{k}{suffix}" for k in _SIZE_KEYS for suffix in ("", "-1", "-2")}
@@ -334,6 +336,7 @@ def parameters_from_infotext(text: str) -> GenerationParameters:
             negative_aesthetic_score=_number(d, "Negative aesthetic score", None, float, -1e6,
                                              1e6),
             prediction=prediction,
+            eta=_number(d, "Eta DDIM" if "Eta DDIM" in d else "Eta", None, float, 0.0, 1e3),
             extra={k: v for k, v in d.items() if k not in _KNOWN or _substituted(k, d)},
         )  # fmt: skip
     except (KeyError, ValueError) as exc:

@@ -3,7 +3,8 @@
 * ``clip_skip`` (A1111 "Clip skip", 1 = last layer; SD 1.x only, as A1111);
 * ``guidance_rescale`` (phi of Lin et al. 2023, in [0, 1]);
 * ``variation_seed`` / ``variation_strength`` (A1111's variation seed, strength in [0, 1]);
-* ``hires`` (a ``HiresFix``), and the refiner (``refiner_fields``).
+* ``hires`` (a ``HiresFix``), and the refiner (``refiner_fields``);
+* ``eta``: the noise of the samplers that take one (ancestral, SDE, DDIM), A1111's "Eta".
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def check_options(
     refiner_name: str | None = None,
     refiner_hash: str | None = None,
     refiner_switch_at: float | None = None,
+    eta: float | None = None,
 ) -> dict[str, Any]:
     """The options as ``GenerationParameters`` fields, checked."""
     if isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or clip_skip < 1:
@@ -53,6 +55,8 @@ def check_options(
         check_seed(variation_seed, 1, "variation_seed")
     if hires is not None:
         hires = _normalise_hires(hires)
+    if eta is not None:
+        eta = _number(eta, "eta", 0.0, 1e3)
     return dict(
         clip_skip=clip_skip,
         guidance_rescale=_number(guidance_rescale, "guidance_rescale", 0.0, 1.0),
@@ -60,6 +64,7 @@ def check_options(
         variation_strength=strength,
         hires=hires,
         refiner_name=refiner_name, refiner_hash=refiner_hash, refiner_switch_at=refiner_switch_at,
+        eta=eta,
     )  # fmt: skip
 
 

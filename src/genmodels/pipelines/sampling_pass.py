@@ -9,6 +9,7 @@ per-step prompts, inpainting inputs, variation noise and the NaN watch.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ from torch import Tensor, nn
 
 from genmodels.diffusion.denoisers import DiscreteDenoiser
 from genmodels.diffusion.noise import SeededNoiseSampler, variation_noise
+from genmodels.diffusion.samplers.registry import get_sampler
 from genmodels.diffusion.sampling import sample
 from genmodels.pipelines.conditioning import SDXLSizeConditioning
 from genmodels.pipelines.finite import FiniteWatch
@@ -148,10 +150,13 @@ def run_pass(
     if params.variation_strength and params.variation_seed is not None:
         var_seeds = [params.variation_seed] * shape[0]  # A1111: one subseed for the batch
         transform = lambda n: variation_noise(n, var_seeds, params.variation_strength)  # noqa: E731
+    options = {}
+    if params.eta is not None and "eta" in inspect.signature(get_sampler(sampler)).parameters:
+        options["eta"] = params.eta  # samplers without noise have no eta (A1111 ignores it too)
     latents = sample(
         model, shape, sampler=sampler, sigmas=sigmas, seeds=seeds, init=init, extra_args=extra,
         callback=watch, disable=True, device=pipe.device, dtype=torch.float32, noise=noise,
-        x_start=x_start, noise_transform=transform,
+        x_start=x_start, noise_transform=transform, **options,
     )  # fmt: skip
     watch.check(latents)
     if keep is not None and final:
