@@ -75,7 +75,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _add_arguments(p: argparse.ArgumentParser, mode: str) -> None:
     p.add_argument("--ckpt", type=Path, required=True, help="checkpoint file or diffusers folder")
     p.add_argument("--vae", type=Path, help="separate VAE file or folder")
-    p.add_argument("--prompt", help="the prompt (A1111 emphasis syntax and BREAK)")
+    p.add_argument("--prompt", help="the prompt: A1111 emphasis, BREAK, [from:to:when] editing, "
+                   "[a|b] alternation")  # fmt: skip
     p.add_argument("--negative-prompt", help="negative prompt (default: empty)")
     p.add_argument("--steps", type=int, help="sampling steps (default 20)")
     p.add_argument("--cfg", type=float, help="classifier-free guidance scale (default 7)")
