@@ -216,6 +216,10 @@ def _routes(app: FastAPI, server: _Server) -> None:
     async def index() -> Response:
         return _static("index.html")
 
+    @app.get("/favicon.ico")
+    async def favicon() -> Response:
+        return Response(status_code=204)
+
     @app.get("/static/{name}")
     async def static(name: str) -> Response:
         if name not in _STATIC:
