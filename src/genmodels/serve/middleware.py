@@ -32,10 +32,6 @@ async def send_json(send: Send, status: int, body: dict, headers: list | None = 
     await send({"type": "http.response.body", "body": data})
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class BodyLimit:
     """413 for request bodies over ``max_bytes``."""
 
@@ -54,27 +50,27 @@ class BodyLimit:
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
             return await send_json(send, 413, self._error(), [(b"connection", b"close")])
-        received, started = 0, False
+        received, started, answered = 0, False, False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, answered
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _TooLarge
-            return message
+                if received > self.max_bytes and not answered:
+                    if not started:  # answer 413 now; the application sees a disconnect
+                        await send_json(send, 413, self._error(), [(b"connection", b"close")])
+                    answered = True
+            return {"type": "http.disconnect"} if answered else message
 
-        async def tracking_send(message: Message) -> None:
+        async def guarded_send(message: Message) -> None:
             nonlocal started
+            if answered:
+                return  # the 413 went out: whatever the application answers is dropped
             started = started or message["type"] == "http.response.start"
             await send(message)
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await send_json(send, 413, self._error(), [(b"connection", b"close")])
+        await self.app(scope, limited_receive, guarded_send)
 
 
 class BasicAuth:
