@@ -226,3 +226,16 @@ def test_mask_of_another_size_is_resized(server) -> None:
         timeout=60,
     )
     assert r.status_code == 200, r.text[:300]
+
+
+def test_a_failure_inside_the_library_is_json_and_the_server_goes_on(server, monkeypatch) -> None:
+    from genmodels.pipelines import generate
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(generate, "txt2img", broken)
+    r = requests.post(f"{server.url}/sdapi/v1/txt2img", json=GOOD, timeout=60)
+    assert r.status_code == 500 and r.json() == {"error": "RuntimeError", "detail": "simulated bug"}
+    monkeypatch.undo()
+    alive(server)

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
 
+import torch
 from fastapi import Body, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from PIL import Image
@@ -248,6 +249,16 @@ def _handlers(app: FastAPI) -> None:
     @app.exception_handler(MemoryError)
     async def memory(request: Request, exc: MemoryError) -> JSONResponse:
         return _error(503, "Out Of Memory", "out of memory; use a smaller size or batch")
+
+    @app.exception_handler(torch.OutOfMemoryError)
+    async def device_memory(request: Request, exc: Exception) -> JSONResponse:
+        return _error(503, "Out Of Memory", "out of device memory; use a smaller size or batch")
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # a bug, not a bad request: answered as JSON (uvicorn logs the traceback); the worker
+        # and the server go on
+        return _error(500, type(exc).__name__, " ".join(str(exc).split()) or "internal error")
 
 
 def create_app(config: ServeConfig) -> Any:
