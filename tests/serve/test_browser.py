@@ -118,3 +118,19 @@ def test_inpaint_with_a_keyboard_drawn_mask(page, tmp_path) -> None:
     page.wait_for_selector("#gallery li", timeout=30_000)
     assert "Denoising strength" in page.inner_text("#gallery .infotext")
     page.screenshot(path=str(shots_dir(tmp_path) / "serve-inpaint.png"), full_page=True)
+
+
+def test_switch_the_checkpoint_from_the_page(page, api) -> None:
+    first = api.get_options()["sd_model_checkpoint"]
+    assert page.input_value("#model") == first
+    other = page.locator("#model option").nth(1).get_attribute("value")
+    try:
+        page.select_option("#model", other)
+        page.wait_for_function(
+            "document.querySelector('#model-status').textContent.startsWith('Loaded')",
+            timeout=30_000,
+        )
+        assert api.get_options()["sd_model_checkpoint"].startswith("other.safetensors")
+        assert page.input_value("#model").startswith("other.safetensors [")  # hashed now
+    finally:
+        api.util_set_model(first, find_closest=False)

@@ -61,9 +61,13 @@ class _Server:
         self.config = config
         self.catalog = Catalog(config.ckpt, config.ckpt_dir)
         self.worker = Worker(config.max_queue)
-        self.options: dict[str, Any] = {"return_grid": True, "samples_format": "png",
-                                        "outdir_samples": str(config.outdir)}  # fmt: skip
-        self.preview_cache: tuple[int, int, str] | None = None  # (task id, step, base64)
+        self.options: dict[str, Any] = {
+            "return_grid": True,
+            "samples_format": "png",
+            "outdir_samples": str(config.outdir),
+            "sd_vae": "Automatic" if config.vae is None else config.vae.name,
+        }
+        self.preview_cache: tuple[int, int, str] | None = None  # (latents id, step, base64)
 
     def load(self) -> None:
         """Load ``--ckpt`` (once; the CLI calls this before listening, to fail clearly)."""

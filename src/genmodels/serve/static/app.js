@@ -25,10 +25,10 @@ function showError(message) {
   $("error").hidden = !message;
 }
 
-function fillSelect(select, items, value, label = (x) => x.name) {
+function fillSelect(select, items, value, label = (x) => x.name, key = (x) => x.name) {
   select.replaceChildren(...items.map((item) => {
     const option = document.createElement("option");
-    option.value = item.name;
+    option.value = key(item);
     option.textContent = label(item);
     return option;
   }));
@@ -40,9 +40,8 @@ async function loadLists() {
     api("/samplers"), api("/schedulers"), api("/sd-models"), api("/options")]);
   fillSelect($("sampler"), samplers, "Euler a");
   fillSelect($("scheduler"), schedulers, "automatic", (s) => s.label);
-  fillSelect($("model"), models, undefined, (m) => m.title);
-  const current = models.find((m) => m.title === options.sd_model_checkpoint);
-  if (current) $("model").value = current.name;
+  const title = (m) => m.title;
+  fillSelect($("model"), models, options.sd_model_checkpoint, title, title);
   $("model").dataset.current = $("model").value;
 }
 
@@ -53,8 +52,8 @@ async function switchModel() {
   try {
     await api("/options", { method: "POST",
                             body: JSON.stringify({ sd_model_checkpoint: select.value }) });
-    $("model-status").textContent = "Loaded";
     await loadLists();
+    $("model-status").textContent = `Loaded ${$("model").value}`;
   } catch (err) {
     $("model-status").textContent = "";
     select.value = select.dataset.current;
