@@ -174,6 +174,26 @@ def test_basic_auth_and_loopback_startup(ckpts, tmp_path) -> None:
     assert port_closed(port)
 
 
+def test_cors_preflight_passes_auth(ckpts, tmp_path) -> None:
+    origin = "http://localhost:3000"
+    config = make_config(ckpts, tmp_path, auth=(("me", "pw"),), cors_origins=(origin,))
+    with ServerThread(create_app(config)) as server:
+        url = f"{server.url}/sdapi/v1/txt2img"
+        headers = {
+            "origin": origin,
+            "access-control-request-method": "POST",
+            "access-control-request-headers": "content-type, authorization",
+        }
+        r = requests.options(url, headers=headers, timeout=10)
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == origin
+        r = requests.post(url, json=GOOD, headers={"origin": origin}, auth=("me", "pw"), timeout=60)
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == origin
+        other = requests.options(
+            url, headers=headers | {"origin": "http://evil.example"}, timeout=10
+        )
+        assert "access-control-allow-origin" not in other.headers
+
+
 def test_startup_line_names_loopback() -> None:
     from genmodels.serve.server import startup_line
 

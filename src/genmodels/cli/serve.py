@@ -41,6 +41,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="require HTTP basic auth (several: a:b,c:d), as A1111's --api-auth",
     )
     p.add_argument(
+        "--cors-allow-origins",
+        metavar="URL[,URL]",
+        help="origins whose web pages may call the API (as A1111's flag)",
+    )
+    p.add_argument(
         "--outdir",
         type=Path,
         default=Path("outputs"),
@@ -95,6 +100,8 @@ def _config(args: argparse.Namespace):
         dtype=args.dtype, outdir=args.outdir, limits=limits,
         max_body_bytes=max(1024, int(args.max_body_mb * 2**20)), max_queue=args.max_queue,
         auth=parse_auth(args.api_auth),
+        cors_origins=tuple(o.strip() for o in (args.cors_allow_origins or "").split(",")
+                           if o.strip()),
     )  # fmt: skip
 
 

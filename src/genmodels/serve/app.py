@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from fastapi import Body, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
@@ -281,6 +282,10 @@ def create_app(config: ServeConfig) -> Any:
 
     app = FastAPI(title="genmodels serve", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.server = server
+    if config.cors_origins:  # A1111's --cors-allow-origins
+        origins = list(config.cors_origins)
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],
+                           allow_headers=["*"], allow_credentials=True)  # fmt: skip
     _routes(app, server)
     _handlers(app)
     wrapped = BodyLimit(BasicAuth(app, config.auth), config.max_body_bytes)

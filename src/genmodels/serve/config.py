@@ -27,6 +27,7 @@ class ServeConfig:
     max_body_bytes: int = 64 * MiB  # a 4096x4096 PNG in base64 fits
     max_queue: int = 64  # waiting requests beyond this get 429
     auth: tuple[tuple[str, str], ...] = ()  # HTTP basic credentials; empty: no auth
+    cors_origins: tuple[str, ...] = ()  # origins whose pages may call the API (A1111's flag)
     vae_tiling_above: int = 2048  # VAE in tiles above this many pixels per side (0: never)
 
     def __post_init__(self) -> None:

@@ -4,7 +4,8 @@ Both answer with a JSON error before the application reads anything: a body over
 a 413 whether it announces its length (``Content-Length``) or streams past it (chunked), and a
 missing or wrong ``Authorization`` header is a 401 with ``WWW-Authenticate: Basic`` (A1111's
 ``--api-auth``; the browser then asks for the credentials). Credentials are compared in
-constant time.
+constant time. CORS preflight requests (``OPTIONS``, which browsers send without credentials)
+pass to the application.
 """
 
 from __future__ import annotations
@@ -95,8 +96,8 @@ class BasicAuth:
         return ok
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.credentials:
-            return await self.app(scope, receive, send)
+        if scope["type"] != "http" or not self.credentials or scope["method"] == "OPTIONS":
+            return await self.app(scope, receive, send)  # CORS preflights carry no credentials
         if self._allowed(dict(scope.get("headers") or []).get(b"authorization")):
             return await self.app(scope, receive, send)
         challenge = [(b"www-authenticate", b'Basic realm="genmodels", charset="UTF-8"')]
