@@ -4,6 +4,7 @@ port opens; a broken checkpoint in --ckpt-dir is refused and the loaded model ke
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -89,3 +90,40 @@ def test_a_broken_checkpoint_is_refused_and_the_model_kept(ckpts, tmp_path) -> N
         assert options["sd_model_checkpoint"].startswith("tiny.safetensors")
         after = requests.post(f"{url}/txt2img", json=body, timeout=60).json()["images"]
         assert np.array_equal(before, after)
+
+
+def test_an_inpainting_checkpoint(tmp_path) -> None:
+    """A 9-channel model: img2img with a mask uses its masked-image conditioning."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from genmodels.pipelines.build import build_pipeline, save_pipeline
+
+    ckpt = tmp_path / "inpainting.safetensors"
+    save_pipeline(build_pipeline(inpainting=True), ckpt)
+    rng = np.random.default_rng(2)
+    image = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 16:48] = 255
+
+    def b64(im: Image.Image) -> str:
+        buffer = io.BytesIO()
+        im.save(buffer, format="PNG")
+        return base64.b64encode(buffer.getvalue()).decode()
+
+    config = make_config({"a": ckpt, "dir": None}, tmp_path / "out")
+    with ServerThread(create_app(config)) as s:
+        body = dict(prompt="x", seed=1, steps=3, init_images=[b64(image)],
+                    mask=b64(Image.fromarray(mask)), **SIZE)  # fmt: skip
+        r = requests.post(f"{s.url}/sdapi/v1/img2img", json=body, timeout=60)
+        assert r.status_code == 200, r.text[:300]
+        out = np.asarray(Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))))
+        src = np.asarray(image)
+        keep = mask == 0
+        assert np.array_equal(out[keep], src[keep]) and not np.array_equal(out, src)
+        info = json.loads(r.json()["info"])
+        assert info["is_using_inpainting_conditioning"] is True
+        txt = requests.post(f"{s.url}/sdapi/v1/txt2img", json=dict(prompt="x", **SIZE), timeout=60)
+        assert txt.status_code == 200
