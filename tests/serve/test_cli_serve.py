@@ -127,3 +127,11 @@ def test_an_inpainting_checkpoint(tmp_path) -> None:
         assert info["is_using_inpainting_conditioning"] is True
         txt = requests.post(f"{s.url}/sdapi/v1/txt2img", json=dict(prompt="x", **SIZE), timeout=60)
         assert txt.status_code == 200
+
+
+def test_without_the_serve_extra_the_message_says_what_to_install(ckpts, monkeypatch, capsys):
+    for name in [m for m in sys.modules if m.startswith("genmodels.serve")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # import fastapi -> ImportError
+    assert main(["serve", "--ckpt", str(ckpts["a"])]) == 2
+    assert "pip install 'genmodels[serve]'" in capsys.readouterr().err
