@@ -246,3 +246,31 @@ def test_progress_preview_and_interrupt(api, server) -> None:
     idle = api.get_progress()
     assert idle["progress"] == 0 and idle["state"]["job_count"] == 0
     assert api.txt2img(prompt="after", seed=1, **SIZE).image.size == (64, 64)
+
+
+def test_skip_ends_the_current_batch_only(api) -> None:
+    import threading
+    import time
+
+    done = {}
+    job = dict(prompt="long", seed=30, steps=3000, n_iter=2, **SIZE)
+    thread = threading.Thread(target=lambda: done.update(r=api.txt2img(**job)))
+    thread.start()
+
+    def wait(job_no: int) -> None:
+        deadline = time.monotonic() + 30
+        while True:
+            state = api.get_progress()["state"]
+            if state["job_no"] == job_no and state["sampling_step"] > 1:
+                return
+            assert time.monotonic() < deadline, state
+            time.sleep(0.05)
+
+    wait(0)
+    assert api.skip() == {}
+    wait(1)  # the second batch runs
+    api.skip()
+    thread.join(30)
+    r = done["r"]
+    assert r.info["all_seeds"] == [30, 31] and len(r.images) == 3  # grid + both batches
+    assert all(isinstance(path, str) for path in api.get_upscalers() + api.get_prompt_styles())

@@ -176,6 +176,11 @@ def _routes(app: FastAPI, server: _Server) -> None:
         server.worker.interrupt()
         return {}
 
+    @app.post(f"{api}/skip")
+    async def skip() -> dict:
+        server.worker.interrupt(skip=True)
+        return {}
+
     @app.get(f"{api}/samplers", response_model=list[SamplerItem])
     async def samplers() -> list:
         return sampler_items()
@@ -195,6 +200,18 @@ def _routes(app: FastAPI, server: _Server) -> None:
     @app.get(f"{api}/scripts")
     async def scripts() -> dict:
         return {"txt2img": [], "img2img": []}
+
+    # lists of things this server does not have (no upscalers, VAEs besides --vae, styles,
+    # face restorers, hypernetworks): empty, as A1111 without them, so clients that read them
+    # on connect work
+    for path in ("upscalers", "latent-upscale-modes", "prompt-styles", "face-restorers",
+                 "hypernetworks"):  # fmt: skip
+        app.get(f"{api}/{path}")(_empty_list)
+
+    @app.get(f"{api}/sd-vae")
+    async def sd_vae() -> list:
+        vae = server.config.vae
+        return [] if vae is None else [{"model_name": vae.stem, "filename": str(vae)}]
 
     @app.get(f"{api}/options")
     async def get_options() -> dict:
@@ -231,6 +248,10 @@ def _routes(app: FastAPI, server: _Server) -> None:
         if name not in _STATIC:
             return _error(404, "Not Found", f"no static file {name!r}")
         return _static(name)
+
+
+async def _empty_list() -> list:
+    return []
 
 
 def _static(name: str) -> Response:

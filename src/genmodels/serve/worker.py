@@ -10,6 +10,7 @@ too, so it never happens in the middle of a generation.
 Interruption (A1111's ``/interrupt``): a flag of the running task that the sampler callback
 checks at every step; it raises ``Interrupted`` carrying the last x0 estimate, which the task
 decodes and returns, as A1111 returns the images of an interrupted job. Queued tasks still run.
+``/skip`` does the same for the current batch only; the task goes on with its next batch.
 
 Progress follows A1111's ``progressapi``: ``progress = (job_no + step / steps) / job_count``
 over the ``n_iter`` batches of the running task, ``eta_relative = elapsed / progress - elapsed``;
@@ -67,6 +68,7 @@ class Task:
     n_iter: int = 1  # batches
     future: Future = field(default_factory=Future)
     interrupted: threading.Event = field(default_factory=threading.Event)
+    skipped: threading.Event = field(default_factory=threading.Event)  # the current batch only
 
 
 class TaskContext:
@@ -88,6 +90,7 @@ class TaskContext:
         self.worker.model = model
 
     def start_batch(self, job_no: int) -> None:
+        self.task.skipped.clear()
         with self.worker._lock:
             self.worker._job_no, self.worker._step = job_no, 0
             self.worker._preview = None
@@ -100,7 +103,7 @@ class TaskContext:
             self.worker._step = int(info.get("i", 0)) + 1
             if latents is not None:
                 self.worker._preview = (self.worker._step, latents)
-        if self.interrupted:
+        if self.interrupted or self.task.skipped.is_set():
             raise Interrupted(latents)
 
 
@@ -132,13 +135,14 @@ class Worker:
             self._queue.put(task)
         return task.future
 
-    def interrupt(self) -> bool:
-        """Interrupt the running generation (True when one was running)."""
+    def interrupt(self, skip: bool = False) -> bool:
+        """Interrupt the running generation, or with ``skip`` only its current batch (A1111's
+        ``/skip``: the next batch still runs). True when a generation was running."""
         with self._lock:
             task = self._current
         if task is None or task.kind == "load":
             return False
-        task.interrupted.set()
+        (task.skipped if skip else task.interrupted).set()
         return True
 
     def shutdown(self, timeout: float = 30.0) -> None:
@@ -166,13 +170,18 @@ class Worker:
                 self._started = time.monotonic()
                 self._timestamp = time.strftime("%Y%m%d%H%M%S")
                 self._preview = None
+            result: Any = None
+            error: BaseException | None = None
             try:
-                task.future.set_result(task.fn(TaskContext(self, task)))
+                result = task.fn(TaskContext(self, task))
             except BaseException as exc:  # noqa: BLE001 (every failure goes to its request)
-                task.future.set_exception(exc)
-            finally:
-                with self._lock:
-                    self._current, self._preview = None, None
+                error = exc
+            with self._lock:  # idle before the answer goes out: /progress then says so
+                self._current, self._preview = None, None
+            if error is None:
+                task.future.set_result(result)
+            else:
+                task.future.set_exception(error)
 
     def snapshot(self) -> dict[str, Any]:
         """Progress of the running task, A1111's ``ProgressResponse`` fields (no image) plus
@@ -187,7 +196,8 @@ class Worker:
         job_count = task.n_iter if busy else 0
         steps = task.steps if busy else 0
         state = dict(
-            skipped=False, interrupted=bool(task and task.interrupted.is_set()),
+            skipped=bool(task and task.skipped.is_set()),
+            interrupted=bool(task and task.interrupted.is_set()),
             stopping_generation=False, job=task.kind if task else "", job_count=job_count,
             job_timestamp=timestamp if task else "0", job_no=job_no, sampling_step=step,
             sampling_steps=steps, queue_pending=pending,
