@@ -274,3 +274,16 @@ def test_skip_ends_the_current_batch_only(api) -> None:
     r = done["r"]
     assert r.info["all_seeds"] == [30, 31] and len(r.images) == 3  # grid + both batches
     assert all(isinstance(path, str) for path in api.get_upscalers() + api.get_prompt_styles())
+
+
+def test_openapi_schema_and_no_cdn_pages(server) -> None:
+    import requests
+
+    schema = requests.get(f"{server.url}/openapi.json", timeout=10).json()
+    assert {"/sdapi/v1/txt2img", "/sdapi/v1/img2img", "/sdapi/v1/progress"} <= set(schema["paths"])
+    assert requests.get(f"{server.url}/docs", timeout=10).status_code == 404
+    page = requests.get(f"{server.url}/", timeout=10).text
+    assert "http" not in page.replace('name="viewport"', "")  # everything is served locally
+    for name in ("app.js", "style.css"):
+        text = requests.get(f"{server.url}/static/{name}", timeout=10).text
+        assert "https://" not in text and "http://" not in text

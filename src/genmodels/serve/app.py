@@ -301,7 +301,8 @@ def create_app(config: ServeConfig) -> Any:
         finally:
             await run_in_threadpool(server.worker.shutdown)
 
-    app = FastAPI(title="genmodels serve", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    # no /docs: FastAPI's Swagger page loads its scripts from a CDN; /openapi.json stays
+    app = FastAPI(title="genmodels serve", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.server = server
     if config.cors_origins:  # A1111's --cors-allow-origins
         origins = list(config.cors_origins)
