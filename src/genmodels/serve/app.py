@@ -155,8 +155,12 @@ def _routes(app: FastAPI, server: _Server) -> None:
     api = "/sdapi/v1"
 
     async def generate(mode: str, req: TextToImageRequest) -> dict:
-        model, grid = server.worker.model, bool(server.options.get("return_grid", True))
-        plan = await run_in_threadpool(plan_generation, mode, req, server.config, model, grid)
+        grid = bool(server.options.get("return_grid", True))
+        # no reference to the model is kept while the task waits: a checkpoint switch queued
+        # before it can release the old model
+        plan = await run_in_threadpool(
+            plan_generation, mode, req, server.config, server.worker.model, grid
+        )
         return await server.run(generation_task(plan, server.config))
 
     @app.post(f"{api}/txt2img", response_model=ImageResponse)
