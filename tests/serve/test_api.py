@@ -158,14 +158,20 @@ def test_png_info_round_trip(api) -> None:
     assert api.png_info(plain).json == {"info": "", "items": {}, "parameters": {}}
 
 
-def test_options_switch_the_checkpoint(api, ckpts) -> None:
+def test_options_switch_the_checkpoint(api, server) -> None:
+    import gc
+    import weakref
+
     models = api.get_sd_models()
     assert [m["model_name"] for m in models] == ["tiny", "other"]
     assert models[0]["title"].startswith("tiny.safetensors [") and len(models[0]["sha256"]) == 64
     assert api.util_get_current_model() == models[0]["title"]
     before = api.txt2img(prompt="x", seed=4, **SIZE)
+    first = weakref.ref(server.app.server.worker.model.pipe)
     try:
         api.set_options({"sd_model_checkpoint": "other.safetensors"})
+        gc.collect()
+        assert first() is None  # one model in memory: the first one was released
         options = api.get_options()
         assert options["sd_model_checkpoint"].startswith("other.safetensors [")
         after = api.txt2img(prompt="x", seed=4, **SIZE)
