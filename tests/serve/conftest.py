@@ -10,16 +10,18 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
-pytest.importorskip("webuiapi")
+from genmodels.pipelines.build import build_pipeline, save_pipeline
+from genmodels.pipelines.limits import GenerationLimits
+from genmodels.pipelines.loading import load_pipeline
 
-from genmodels.pipelines.build import build_pipeline, save_pipeline  # noqa: E402
-from genmodels.pipelines.limits import GenerationLimits  # noqa: E402
-from genmodels.pipelines.loading import load_pipeline  # noqa: E402
-from genmodels.serve.app import create_app  # noqa: E402
-from genmodels.serve.config import ServeConfig  # noqa: E402
-from genmodels.serve.server import ServerThread  # noqa: E402
+
+def require_serve() -> None:
+    """Skip the calling test module unless the serve extra and webuiapi are installed (the
+    test extra has them). Called at the top of each module: a skip in a conftest would stop
+    the whole collection."""
+    for name in ("fastapi", "uvicorn", "webuiapi"):
+        pytest.importorskip(name)
+
 
 SIZE = dict(width=64, height=64)
 MAX_PIXELS = 256 * 256
@@ -41,7 +43,9 @@ def ckpts(tmp_path_factory) -> dict[str, Path]:
     return {"a": a, "b": b, "dir": root / "more"}
 
 
-def make_config(ckpts: dict[str, Path], outdir: Path, **kw) -> ServeConfig:
+def make_config(ckpts: dict[str, Path], outdir: Path, **kw):
+    from genmodels.serve.config import ServeConfig
+
     base = dict(ckpt=ckpts["a"], ckpt_dir=ckpts["dir"], device="cpu", dtype="fp32",
                 outdir=outdir, limits=GenerationLimits(max_pixels=MAX_PIXELS),
                 max_body_bytes=MAX_BODY)  # fmt: skip
@@ -50,6 +54,9 @@ def make_config(ckpts: dict[str, Path], outdir: Path, **kw) -> ServeConfig:
 
 @pytest.fixture(scope="session")
 def server(ckpts, tmp_path_factory):
+    from genmodels.serve.app import create_app
+    from genmodels.serve.server import ServerThread
+
     thread = ServerThread(create_app(make_config(ckpts, tmp_path_factory.mktemp("out")))).start()
     yield thread
     thread.stop()

@@ -11,10 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from genmodels.pipelines.generate import img2img, inpaint, txt2img
-from genmodels.pipelines.metadata import parameters_from_infotext
+from .conftest import require_serve
 
-from .conftest import SIZE
+require_serve()
+
+from genmodels.pipelines.generate import img2img, inpaint, txt2img  # noqa: E402
+from genmodels.pipelines.metadata import parameters_from_infotext  # noqa: E402
+
+from .conftest import SIZE  # noqa: E402
 
 
 def pixels(image: Image.Image) -> np.ndarray:

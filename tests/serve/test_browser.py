@@ -13,6 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from .conftest import require_serve
+
+require_serve()
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium; .ci/run does)"

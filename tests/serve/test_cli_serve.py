@@ -17,10 +17,13 @@ import numpy as np
 import requests
 
 from genmodels.cli.main import main
-from genmodels.serve.app import create_app
-from genmodels.serve.server import ServerThread
 
-from .conftest import SIZE, make_config, port_closed
+from .conftest import SIZE, make_config, port_closed, require_serve
+
+require_serve()
+
+from genmodels.serve.app import create_app  # noqa: E402
+from genmodels.serve.server import ServerThread  # noqa: E402
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 

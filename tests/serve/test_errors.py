@@ -11,10 +11,12 @@ import pytest
 import requests
 from PIL import Image
 
-from genmodels.serve.app import create_app
-from genmodels.serve.server import ServerThread
+from .conftest import MAX_BODY, SIZE, make_config, port_closed, require_serve
 
-from .conftest import MAX_BODY, SIZE, make_config, port_closed
+require_serve()
+
+from genmodels.serve.app import create_app  # noqa: E402
+from genmodels.serve.server import ServerThread  # noqa: E402
 
 
 def b64(image: Image.Image) -> str:
