@@ -67,7 +67,8 @@ def a1111_rows() -> list[list[str]]:
             schedule = f"{scheduler} (always, as A1111)"
         else:
             schedule = scheduler or "the --scheduler (A1111 'Automatic': normal)"
-        rows.append([display, sampler, schedule, info.description])
+        desc = "; ".join(x for x in (info.family, info.description) if x)
+        rows.append([display, sampler, schedule, desc])
     return rows
 
 
