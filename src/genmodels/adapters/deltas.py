@@ -95,7 +95,7 @@ def _lokr(t: Mapping[str, Tensor]) -> tuple[Tensor, int | None]:
     dim = t["lokr_w1_b"].shape[0] if "lokr_w1_b" in t else None
     if dim is None and "lokr_w2_b" in t:
         dim = t["lokr_w2_b"].shape[0]
-    return torch.kron(w1, w2), dim
+    return torch.kron(w1, w2.contiguous()), dim  # kron needs a contiguous w2
 
 
 def layer_delta(

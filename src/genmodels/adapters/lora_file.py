@@ -43,9 +43,9 @@ _DOTTED_SUFFIXES = {
     "lora_up.weight": "lora_up.weight",
     "alpha": "alpha",
 }
-_PROCESSOR = re.compile(r"^(.*)\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$")
+_PROCESSOR = re.compile(r"^(.*)\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up|alpha)")
 _OLD_TEXT = re.compile(
-    r"^(text_encoder(?:_2)?\..*\.self_attn)\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$"
+    r"^(text_encoder(?:_2)?\..*\.self_attn)\.(to_q|to_k|to_v|to_out)_lora\.(down|up|alpha)"
 )
 _PROCESSOR_PROJ = {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out": "to_out.0"}
 _TEXT_PROJ = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"}
@@ -70,10 +70,11 @@ class ParsedLora:
 def _split(key: str) -> tuple[str, str] | None:
     """(module name, our tensor name) of one key, or None for an unknown layout."""
     m = _PROCESSOR.match(key) or _OLD_TEXT.match(key)
-    if m:
+    if m and key[m.end() :] in ("", ".weight"):
         base, proj, side = m.groups()
         table = _TEXT_PROJ if m.re is _OLD_TEXT else _PROCESSOR_PROJ
-        return f"{base}.{table[proj]}", f"lora_{side}.weight"
+        base = "unet." + base if base.startswith(_UNET_ROOTS) else base
+        return f"{base}.{table[proj]}", "alpha" if side == "alpha" else f"lora_{side}.weight"
     if "." in key and "." not in key.split(".", 1)[0] and key.startswith("lora_"):
         name, rest = key.split(".", 1)  # kohya: no dots in the module name
         return (name, rest) if rest in _TENSOR_NAMES else None
