@@ -14,6 +14,7 @@ from genmodels.cli import (
     generate,
     import_taming,
     info,
+    merge,
     sample,
     samplers,
     train,
@@ -22,7 +23,9 @@ from genmodels.cli import (
 
 # Each sub-command module provides register(subparsers) and a run(args) -> int it sets as
 # the parser's default ``func``.
-COMMANDS = (demo, train, sample, samplers, info, convert, import_taming, generate, vq_sample)
+COMMANDS = (
+    demo, train, sample, samplers, info, convert, import_taming, generate, vq_sample, merge,
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -86,9 +86,7 @@ def find_lora(name: str, folders: Sequence[str | os.PathLike]) -> Path:
             if path.is_file() and (suffix or path.suffix.lower() in LORA_SUFFIXES):
                 return path
     where = ", ".join(str(f) for f in folders) or "no LoRA folder given (use --lora-dir)"
-    raise ValueError(
-        f"LoRA {name!r} not found: no {name}{{{','.join(LORA_SUFFIXES)}}} in {where}"
-    )
+    raise ValueError(f"LoRA {name!r} not found: no {name}{{{','.join(LORA_SUFFIXES)}}} in {where}")
 
 
 def apply_prompt_loras(
