@@ -61,28 +61,38 @@ def _tucker(t: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return torch.einsum("i j k l, j r, i p -> p r k l", t.float(), _mat(b), _mat(a))
 
 
-def _lora(t: Mapping[str, Tensor]) -> tuple[Tensor, int]:
+def _rank(kind: str, t: Mapping[str, Tensor]) -> int | None:
+    """``dim`` of the alpha / dim scale (A1111's ``network_*.py``)."""
+    if kind == "lora":
+        return t["lora_down.weight"].shape[0]
+    if kind == "loha":
+        return t["hada_w1_b"].shape[0]
+    for name in ("lokr_w1_b", "lokr_w2_b"):  # kind == "lokr"
+        if name in t:
+            return t[name].shape[0]
+    return None
+
+
+# Each kind applies the scale ``s`` to its smallest factor, so the full-size delta is written once.
+def _lora(t: Mapping[str, Tensor], s: float) -> Tensor:
     up, down = t["lora_up.weight"], t["lora_down.weight"]
     if "lora_mid.weight" in t:
-        mid = t["lora_mid.weight"].float()
-        delta = torch.einsum("n m k l, i n, m j -> i j k l", mid, _mat(up), _mat(down))
-        return delta, down.shape[0]
+        mid = t["lora_mid.weight"].float() * s
+        return torch.einsum("n m k l, i n, m j -> i j k l", mid, _mat(up), _mat(down))
     if up.ndim == 4 and up.shape[2:] != (1, 1):
         raise ValueError(f"lora_up with a {tuple(up.shape[2:])} kernel (expected 1x1)")
-    delta = _mat(up) @ _mat(down)  # (out, in * kh * kw)
-    if down.ndim == 4:
-        delta = delta.reshape(up.shape[0], *down.shape[1:])
-    return delta, down.shape[0]
+    delta = (_mat(up) * s) @ _mat(down)  # (out, in * kh * kw)
+    return delta.reshape(up.shape[0], *down.shape[1:]) if down.ndim == 4 else delta
 
 
-def _loha(t: Mapping[str, Tensor]) -> tuple[Tensor, int]:
+def _loha(t: Mapping[str, Tensor], s: float) -> Tensor:
     w1a, w1b, w2a, w2b = (t[f"hada_{n}"] for n in ("w1_a", "w1_b", "w2_a", "w2_b"))
     w1 = _tucker(t["hada_t1"], w1a, w1b) if "hada_t1" in t else _mat(w1a) @ _mat(w1b)
     w2 = _tucker(t["hada_t2"], w2a, w2b) if "hada_t2" in t else _mat(w2a) @ _mat(w2b)
-    return w1 * w2, w1b.shape[0]
+    return w1.mul_(s).mul_(w2)
 
 
-def _lokr(t: Mapping[str, Tensor]) -> tuple[Tensor, int | None]:
+def _lokr(t: Mapping[str, Tensor], s: float) -> Tensor:
     w1 = t["lokr_w1"].float() if "lokr_w1" in t else _mat(t["lokr_w1_a"]) @ _mat(t["lokr_w1_b"])
     if "lokr_w2" in t:
         w2 = t["lokr_w2"].float()
@@ -92,22 +102,29 @@ def _lokr(t: Mapping[str, Tensor]) -> tuple[Tensor, int | None]:
         w2 = _mat(t["lokr_w2_a"]) @ _mat(t["lokr_w2_b"])
     if w2.ndim == 4:  # a conv: kron over (out, in), the kernel comes from w2
         w1 = w1[..., None, None]
-    dim = t["lokr_w1_b"].shape[0] if "lokr_w1_b" in t else None
-    if dim is None and "lokr_w2_b" in t:
-        dim = t["lokr_w2_b"].shape[0]
-    return torch.kron(w1, w2.contiguous()), dim  # kron needs a contiguous w2
+    return torch.kron(w1 * s, w2.contiguous())  # kron needs a contiguous w2
+
+
+def _full(t: Mapping[str, Tensor], s: float) -> Tensor:
+    return t["diff"].float() * s
+
+
+_BUILDERS = {"lora": _lora, "loha": _loha, "lokr": _lokr, "full": _full}
 
 
 def layer_delta(
-    tensors: Mapping[str, Tensor], shape: torch.Size, alpha: float | None, name: str
+    tensors: Mapping[str, Tensor],
+    shape: torch.Size,
+    alpha: float | None,
+    name: str,
+    multiplier: float = 1.0,
 ) -> Tensor:
-    """float32 Delta W of ``shape`` (alpha/dim scaled) from one module's tensors."""
+    """float32 ``multiplier * alpha / dim * Delta W`` of ``shape`` from one module's tensors."""
     kind = layer_kind(tensors, name)
+    dim = _rank(kind, tensors)
+    scale = multiplier * (alpha / dim if alpha is not None and dim else 1.0)
     try:
-        if kind == "full":
-            delta, dim = tensors["diff"].float(), None
-        else:
-            delta, dim = {"lora": _lora, "loha": _loha, "lokr": _lokr}[kind](tensors)
+        delta = _BUILDERS[kind](tensors, scale)
     except (RuntimeError, IndexError, ValueError) as exc:
         shapes = {k: tuple(v.shape) for k, v in tensors.items()}
         raise ValueError(f"{name}: {kind} tensors do not fit together {shapes}: {exc}") from None
@@ -116,6 +133,4 @@ def layer_delta(
             f"{name}: the {kind} delta has shape {tuple(delta.shape)}, the model's weight "
             f"{tuple(shape)}"
         )
-    if alpha is not None and dim:
-        delta = delta * (alpha / dim)
     return delta.reshape(shape)

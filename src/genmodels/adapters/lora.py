@@ -148,8 +148,9 @@ class LoraStack:
              weight: float, name: str) -> None:  # fmt: skip
         current = module.weight.data
         tensors = {k: v.to(current.device) for k, v in tensors.items()}
-        delta = layer_delta(tensors, current.shape, alpha, name)
-        new = (current.float() + delta * weight).to(current.dtype)
+        # float32 W + weight * delta, rounded once to the weight's dtype
+        new = layer_delta(tensors, current.shape, alpha, name, weight).add_(current)
+        new = new.to(current.dtype)
         self._originals.setdefault(id(module), (module, current))
         module.weight.data = new
 
