@@ -1,10 +1,15 @@
-"""The adapter options of ``genmodels txt2img | img2img | inpaint``: ``--lora``, ``--lora-dir``.
+"""The adapter options of ``genmodels txt2img | img2img | inpaint``: ``--lora``, ``--lora-dir``,
+``--embeddings-dir``.
 
 ``--lora PATH[:WEIGHT]`` (repeatable) loads a file; ``<lora:NAME:WEIGHT>`` tags in the prompt are
 looked up in the ``--lora-dir`` folders (and among the ``--lora`` files, by file name). A
 ``--lora`` file the prompt does not name is added to the recorded prompt as a tag, so the PNG
 says which LoRAs made it and ``--from-png`` (with ``--lora-dir``) applies them again; a stored
 ``Lora hashes`` entry that differs from the file found is reported.
+
+Textual-inversion embeddings (``NAME.pt`` / ``.bin`` / ``.safetensors`` in an
+``--embeddings-dir``) are loaded when the prompt or negative prompt names them; an embedding a
+PNG's ``TI hashes`` records must be found there again.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ def add_adapter_arguments(p: argparse.ArgumentParser) -> None:
                    help="apply a LoRA / LyCORIS file (repeatable; weight default 1)")  # fmt: skip
     p.add_argument("--lora-dir", action="append", default=[], type=Path, metavar="DIR",
                    help="folder where <lora:NAME:WEIGHT> prompt tags are looked up")  # fmt: skip
+    p.add_argument("--embeddings-dir", action="append", default=[], type=Path, metavar="DIR",
+                   help="folder of textual-inversion embeddings (used by file name)")  # fmt: skip
 
 
 def _lora_arg(text: str) -> tuple[Path, float]:
@@ -42,9 +49,13 @@ class AdapterPlan:
     prompt: str  # the prompt to generate with and record (tags of --lora files added)
     # (name, file, text-encoder weight, UNet weight)
     loras: list[tuple[str, Path, float, float]] = field(default_factory=list)
+    embeddings: dict[str, Path] = field(default_factory=dict)  # every file of --embeddings-dir
+    required_embeddings: list[str] = field(default_factory=list)  # names a PNG's TI hashes hold
 
 
-def plan_adapters(args: argparse.Namespace, prompt: str, stored_hashes: str | None) -> AdapterPlan:
+def plan_adapters(
+    args: argparse.Namespace, prompt: str, stored_hashes: str | None, stored_ti: str | None = None
+) -> AdapterPlan:
     """Resolve every LoRA before the model is loaded (ValueError naming a missing file)."""
     known: dict[str, Path] = {}
     extra_tags = []
@@ -66,7 +77,28 @@ def plan_adapters(args: argparse.Namespace, prompt: str, stored_hashes: str | No
             raise ValueError(f"{source}{exc}") from None
         plan.loras.append((tag.name, path, tag.text_weight, tag.unet_weight))
     _check_hashes(plan, stored_hashes)
+    _plan_embeddings(args, plan, stored_ti)
     return plan
+
+
+def _plan_embeddings(args: argparse.Namespace, plan: AdapterPlan, stored: str | None) -> None:
+    from genmodels.adapters.embeddings import EMBEDDING_SUFFIXES
+
+    for folder in args.embeddings_dir:
+        if not folder.is_dir():
+            raise ValueError(f"--embeddings-dir {folder}: not a folder")
+        for path in sorted(folder.iterdir()):
+            if path.suffix.lower() in EMBEDDING_SUFFIXES and path.is_file():
+                plan.embeddings.setdefault(path.stem, path)
+    recorded = [i.strip().rsplit(": ", 1)[0] for i in (stored or "").split(",") if ": " in i]
+    known = {name.lower() for name in plan.embeddings}
+    missing = [name for name in recorded if name.lower() not in known]
+    if missing:
+        where = ", ".join(map(str, args.embeddings_dir)) or "no --embeddings-dir given"
+        raise ValueError(
+            f"--from-png {args.from_png}: the image used the embeddings {', '.join(missing)} "
+            f"(TI hashes), not found in {where}"
+        )
 
 
 def _check_hashes(plan: AdapterPlan, stored: str | None) -> None:
@@ -83,8 +115,18 @@ def _check_hashes(plan: AdapterPlan, stored: str | None) -> None:
                   f"{want} (a different file?)", file=sys.stderr)  # fmt: skip
 
 
-def apply_adapters(pipe, plan: AdapterPlan) -> None:
-    """Load the planned LoRAs into ``pipe`` (named as in the prompt)."""
+def apply_adapters(pipe, plan: AdapterPlan, negative_prompt: str = "") -> None:
+    """Load the planned LoRAs (named as in the prompt) and the embeddings the prompts use."""
     for name, path, te, unet in plan.loras:
         lora = pipe.load_lora(path, unet_weight=unet, text_weight=te)
         lora.name = name
+    if plan.embeddings:
+        from genmodels.models.text.tokenizer import CLIPTokenizer
+
+        finder = CLIPTokenizer()
+        finder.set_added_words({name: [0] for name in plan.embeddings})
+        by_word = {name.lower(): path for name, path in plan.embeddings.items()}
+        used = finder.find_added_words(plan.prompt) + finder.find_added_words(negative_prompt)
+        paths = [by_word[w] for w in dict.fromkeys(used) if w in by_word]
+        if paths:
+            pipe.load_embeddings(paths)

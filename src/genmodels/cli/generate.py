@@ -122,6 +122,7 @@ def _options(args: argparse.Namespace) -> dict:
             if opts[key] is None:
                 opts[key] = getattr(stored, attr)
         opts["lora_hashes"] = stored.extra.get("Lora hashes")
+        opts["ti_hashes"] = stored.extra.get("TI hashes")
     for key, value in DEFAULTS.items():
         if opts[key] is None and not (key in ("width", "height") and args.mode != "txt2img"):
             opts[key] = value
@@ -231,10 +232,10 @@ def _run(args: argparse.Namespace, written: list) -> int:
     opts = _options(args)
     device, dtype = _check(args, opts)
     limits = _limits(args)
-    adapters = plan_adapters(args, opts["prompt"], opts.get("lora_hashes"))
+    adapters = plan_adapters(args, opts["prompt"], opts.get("lora_hashes"), opts.get("ti_hashes"))
     opts["prompt"] = adapters.prompt
     pipe = load_pipeline(args.ckpt, dtype=dtype, device=device, vae=args.vae)
-    apply_adapters(pipe, adapters)
+    apply_adapters(pipe, adapters, opts["negative_prompt"])
     if args.vae_tiling_above:
         pipe.vae.tiling = TilingConfig(min_size=args.vae_tiling_above)
     model_id = dict(model_hash=model_hash(args.ckpt), model_name=args.ckpt.stem)

@@ -122,14 +122,24 @@ def unloaded_tags(pipe: LatentDiffusionPipeline, prompt: str) -> list[str]:
     return [tag.name for tag in parse_lora_tags(prompt) if tag.name not in names]
 
 
-def adapter_infotext(pipe: LatentDiffusionPipeline, prompt: str) -> dict[str, str]:
-    """The infotext fields of the adapters in use (``Lora hashes``). A prompt tag naming no
-    loaded LoRA is an error: the tag would otherwise be dropped without effect."""
+def adapter_infotext(
+    pipe: LatentDiffusionPipeline, prompt: str, negative_prompt: str = ""
+) -> dict[str, str]:
+    """The infotext fields of the adapters in use: ``Lora hashes`` and ``TI hashes`` (the
+    embeddings the prompts name), as A1111 writes them. A prompt tag naming no loaded LoRA is
+    an error: the tag would otherwise be dropped without effect."""
     missing = unloaded_tags(pipe, prompt)
     if missing:
         raise ValueError(
             f"the prompt names LoRAs that are not loaded: {', '.join(missing)} (load them with "
             "pipe.load_lora / apply_prompt_loras, or --lora / --lora-dir on the command line)"
         )
+    fields = {}
     hashes = lora_hashes(pipe)
-    return {"Lora hashes": hashes} if hashes else {}
+    if hashes:
+        fields["Lora hashes"] = hashes
+    used = pipe.embedding_store.used(pipe.text_encoder, prompt, negative_prompt)
+    if used:
+        clean = str.maketrans("", "", ":,")
+        fields["TI hashes"] = ", ".join(f"{e.name.translate(clean)}: {e.short_hash}" for e in used)
+    return fields

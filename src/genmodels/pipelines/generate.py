@@ -304,7 +304,7 @@ def _parameters(
         prompt=prompt, negative_prompt=negative_prompt, steps=steps, sampler=name,  # type: ignore[arg-type]
         scheduler=sched, cfg_scale=float(cfg_scale), seed=seed, width=width, height=height,
         denoising_strength=strength, model_name=_model_name(pipe),
-        extra=adapter_infotext(pipe, prompt),  # type: ignore[arg-type]
+        extra=adapter_infotext(pipe, prompt, negative_prompt),  # type: ignore[arg-type]
     )  # fmt: skip
     if len(format_infotext(p)) > MAX_INFOTEXT - 1000:  # room for the model hash and name
         raise ValueError(f"the prompts are too long to store in a PNG ({MAX_INFOTEXT} characters)")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from genmodels.adapters.embeddings import EmbeddingStore, LoadedEmbedding
 from genmodels.adapters.lora import AppliedLora, LoraStack
 from genmodels.diffusion.denoisers import DiscreteDenoiser
 from genmodels.models.autoencoder_kl import AutoencoderKL
@@ -64,6 +65,9 @@ class LatentDiffusionPipeline:
     info: LoadInfo
     zero_terminal_snr: bool = False
     lora_stack: LoraStack = field(default_factory=LoraStack, repr=False, compare=False)
+    embedding_store: EmbeddingStore = field(
+        default_factory=EmbeddingStore, repr=False, compare=False
+    )
 
     @property
     def scale_factor(self) -> float:
@@ -126,6 +130,17 @@ class LatentDiffusionPipeline:
     def loras(self) -> list[AppliedLora]:
         """The applied LoRAs, in order."""
         return list(self.lora_stack.applied)
+
+    def load_embeddings(self, paths: os.PathLike | str | list) -> list[LoadedEmbedding]:
+        """Add textual-inversion embeddings (A1111 ``.pt`` / ``.safetensors``, diffusers
+        ``learned_embeds``); each is then used by its file name in prompts. See
+        ``genmodels.adapters.embeddings``."""
+        paths = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+        return self.embedding_store.load(paths, self.text_encoder, self.model_type)
+
+    def unload_embeddings(self) -> None:
+        """Remove every embedding (the original token tables come back)."""
+        self.embedding_store.unload(self.text_encoder)
 
     # Generation lives in genmodels.pipelines.generate (functions over this container); these
     # are the methods users of diffusers/A1111 reach for.

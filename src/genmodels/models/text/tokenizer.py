@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import gzip
 import html
+import re
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -155,6 +156,23 @@ class CLIPTokenizer:
         self.context_length = context_length
         self.comma_token_id = self.encoder[",</w>"]
         self._cache: dict[str, list[str]] = {}
+        self.added_words: dict[str, list[int]] = {}
+        self._added: re.Pattern[str] | None = None
+
+    def set_added_words(self, words: Mapping[str, Sequence[int]]) -> None:
+        """Words that encode to fixed ids (textual-inversion embeddings, ids past the
+        vocabulary): matched whole-word and case-insensitively in the cleaned text, before BPE,
+        as A1111 finds an embedding's name among the prompt's tokens."""
+        self.added_words = {clean_text(w): list(ids) for w, ids in words.items() if w.strip()}
+        names = sorted(self.added_words, key=len, reverse=True)
+        alternatives = "|".join(map(re.escape, names))
+        self._added = re.compile(rf"(?<!\w)({alternatives})(?!\w)") if names else None
+
+    def find_added_words(self, text: str) -> list[str]:
+        """The added words that ``text`` uses, in order of appearance."""
+        if self._added is None:
+            return []
+        return self._added.findall(clean_text(text, self.html_unescape))
 
     @property
     def vocab_size(self) -> int:
@@ -187,8 +205,17 @@ class CLIPTokenizer:
         """Token ids of ``text`` without BOS/EOS."""
         if not isinstance(text, str):
             raise ValueError(f"prompt must be a str, got {type(text).__name__}")
+        cleaned = clean_text(text, self.html_unescape)
+        if self._added is None:
+            return self._encode_clean(cleaned)
         ids: list[int] = []
-        for piece in pre_tokenize(clean_text(text, self.html_unescape)):
+        for i, part in enumerate(self._added.split(cleaned)):  # odd parts: added words
+            ids.extend(self.added_words[part] if i % 2 else self._encode_clean(part))
+        return ids
+
+    def _encode_clean(self, cleaned: str) -> list[int]:
+        ids: list[int] = []
+        for piece in pre_tokenize(cleaned):
             if piece in SPECIAL_TOKENS:
                 ids.append(self.encoder[piece])
                 continue
