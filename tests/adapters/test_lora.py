@@ -184,13 +184,16 @@ def test_unknown_keys_are_listed(pipe, tmp_path) -> None:
 
     sd = load_file(str(tmp_path / "x.safetensors"))
     sd["lora_unet_no_such_module.lora_down.weight"] = torch.zeros(4, 4)
-    sd["lora_unet_down_blocks_0_attentions_0_proj_in.dora_scale"] = torch.zeros(4)
+    sd["lora_unet_down_blocks_1_attentions_0_proj_in.bias_indices"] = torch.zeros(4)
     path = _save(tmp_path / "y.safetensors", sd)
-    with pytest.warns(UserWarning, match="2 keys fit no module.*dora_scale.*no_such_module"):
+    with pytest.warns(UserWarning, match="2 keys fit no module.*bias_indices.*no_such_module"):
         pipe.load_lora(path)
     pipe.unload_loras()
     with pytest.raises(LoraError, match="no_such_module"):
         pipe.load_lora(path, strict=True)
+    sd["lora_unet_down_blocks_1_attentions_0_proj_in.dora_scale"] = torch.zeros(4)
+    with pytest.raises(LoraError, match="DoRA LoRAs are not supported"):
+        pipe.load_lora(_save(tmp_path / "dora.safetensors", sd))
 
 
 def test_family_mismatch_and_bad_files(pipe, tmp_path) -> None:

@@ -173,7 +173,8 @@ class EmbeddingStore:
     def unload(self, text_encoder: nn.Module) -> None:
         """Remove every embedding: the original tables and tokenizers come back."""
         for layer, original in self._originals:
-            layer.weight.data = original
+            current = layer.weight.data  # the pipeline may have moved since: follow it
+            layer.weight.data = original.to(device=current.device, dtype=current.dtype)
         for emb in text_encoder.embedders:  # type: ignore[attr-defined]
             emb.tokenizer.set_added_words({})
         self._originals.clear()

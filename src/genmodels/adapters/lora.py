@@ -108,6 +108,10 @@ class LoraStack:
         except CheckpointError as exc:
             raise LoraError(f"LoRA {exc}") from None
         ours = FAMILY_NAMES.get(family, family)
+        dora = [k for k in sd if k.endswith(("dora_scale", "lora_magnitude_vector.weight"))]
+        if dora:  # the magnitude rescaling is not implemented: refuse rather than approximate
+            raise LoraError(f"{path}: DoRA LoRAs are not supported ({len(dora)} keys such as "
+                            f"{dora[0]})")  # fmt: skip
         theirs = guess_lora_family(sd)
         if theirs is not None and family not in _COMPATIBLE.get(theirs, ()):
             raise LoraError(
