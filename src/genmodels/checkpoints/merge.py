@@ -8,9 +8,10 @@ on the full LDM / sgm keys. Keys of A missing from B (or C) and non-floating ten
 All models must be of one family. Sums are computed in float32 and stored in A's dtype (float16
 with ``half``).
 
-Single-file safetensors inputs in the LDM layout are read one tensor at a time (``safe_open``)
-and the output is written the same way (``safetensors_stream``), so the peak memory is a few
-tensors, not three models; other inputs (``.ckpt``, diffusers folders) are read whole first.
+Single-file safetensors inputs in the LDM layout are read one tensor at a time (plain reads
+into fresh tensors, so no file mapping stays resident) and the output is written the same way
+(``safetensors_stream``), so the peak memory is a few tensors, not three models; other inputs
+(``.ckpt``, diffusers folders) are read whole first.
 The recipe goes into the output's metadata as A1111's ``sd_merge_recipe`` / ``sd_merge_models``
 (with the inputs' short hashes); A's genmodels metadata (its architecture) is kept.
 """
@@ -23,10 +24,9 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import torch
-from safetensors import safe_open
 from torch import Tensor
 
 from genmodels.checkpoints.convert import check_destination, read_checkpoint
@@ -35,6 +35,7 @@ from genmodels.checkpoints.io import (
     _SAFETENSORS_DTYPES,
     SAFETENSORS_SUFFIXES,
     CheckpointError,
+    _stream_one,
     check_regular_file,
     read_metadata,
 )
@@ -60,7 +61,7 @@ class _Source:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.family: str
-        self._handle = None
+        self._handle: BinaryIO | None = None
         self._tensors: dict[str, Tensor] | None = None
         if path.is_file() and path.suffix.lower() in SAFETENSORS_SUFFIXES:
             self._open_streaming()
@@ -71,30 +72,45 @@ class _Source:
 
     def _open_streaming(self) -> None:
         check_regular_file(self.path)
-        metadata = read_metadata(self.path)
+        metadata = read_metadata(self.path)  # CheckpointError for a corrupt file
+        f = open(self.path, "rb", buffering=0)  # noqa: SIM115 (lives as long as the source)
         try:
-            handle = safe_open(str(self.path), framework="pt")
-            shapes = {}
-            for key in handle.keys():
-                s = handle.get_slice(key)
-                shapes[key] = (tuple(s.get_shape()), _SAFETENSORS_DTYPES[s.get_dtype()])
-        except Exception as exc:  # safetensors raises its own error types
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+            infos = {k: v for k, v in header.items() if k != "__metadata__"}
+            shapes = {k: (tuple(v["shape"]), _SAFETENSORS_DTYPES[v["dtype"]])
+                      for k, v in infos.items()}  # fmt: skip
+        except (ValueError, KeyError, TypeError) as exc:
+            f.close()
             raise CheckpointError(f"{self.path}: not a readable safetensors file: {exc}") from None
         meta = {k: torch.empty(s, dtype=d, device="meta") for k, (s, d) in shapes.items()}
         try:
             spec = detect_checkpoint(meta, metadata, prediction="eps")
         except CheckpointError as exc:
+            f.close()
             raise CheckpointError(f"{self.path}: {exc}") from None
-        if spec.source_format in ("ldm", "genmodels"):
-            self._handle, self.shapes, self.family = handle, shapes, spec.family
+        if spec.source_format not in ("ldm", "genmodels"):
+            f.close()
+            return
+        self._handle, self._infos, self._base = f, infos, 8 + n
+        self.shapes, self.family = shapes, spec.family
+        self._buf = torch.empty(4 << 20, dtype=torch.uint8)
 
     def keys(self) -> list[str]:
         return list(self.shapes)
 
     def get(self, key: str) -> Tensor:
+        """One tensor, read from the file into its own memory (no mapping of the file stays
+        resident, so the peak is the tensors in use, not the models)."""
+        if self._handle is None:
+            return self._tensors[key]  # type: ignore[index]
+        info = self._infos[key]
+        start = self._base + info["data_offsets"][0]
+        return _stream_one(self._handle, start, info, self.shapes[key][1], self._buf, self.path)
+
+    def close(self) -> None:
         if self._handle is not None:
-            return self._handle.get_tensor(key)
-        return self._tensors[key]  # type: ignore[index]
+            self._handle.close()
 
 
 def _short_hash(path: Path) -> str | None:
@@ -157,7 +173,17 @@ def merge_checkpoints(
     _check(paths, recipe)
     for p in paths:
         check_destination(p, out, "safetensors", overwrite)
-    sources = [_Source(p) for p in paths]
+    sources: list[_Source] = []
+    try:
+        for p in paths:
+            sources.append(_Source(p))
+        return _merge(sources, paths, out, recipe)
+    finally:
+        for source in sources:
+            source.close()
+
+
+def _merge(sources: list[_Source], paths: list[Path], out: Path, recipe: MergeRecipe) -> Path:
     a = sources[0]
     for s in sources[1:]:
         if s.family != a.family:
