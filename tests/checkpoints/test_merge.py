@@ -89,3 +89,21 @@ def test_other_inputs_family_check_and_overwrite(models, tmp_path, capsys) -> No
     assert "cut.safetensors" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.ckpt", "cut.safetensors",
                                                           "m.safetensors"]  # fmt: skip
+
+
+def test_inpainting_add_difference(models, tmp_path, capsys) -> None:
+    """A1111's rule: an inpainting A + (B - C) merges the 4 latent channels of the input conv
+    and keeps A's mask / masked-image channels; a normal A with an inpainting B is refused."""
+    inpaint = tmp_path / "inpaint.safetensors"
+    save_pipeline(build_pipeline(inpainting=True, seed=5), inpaint)
+    out = merge_checkpoints([inpaint, models["b"], models["c"]], tmp_path / "o.safetensors",
+                            MergeRecipe("add-difference", 1.0))  # fmt: skip
+    key = "model.diffusion_model.input_blocks.0.0.weight"
+    a, b, c = (load_file(str(p))[key] for p in (inpaint, models["b"], models["c"]))
+    merged = load_file(str(out))[key]
+    torch.testing.assert_close(merged[:, :4], a[:, :4] + b - c)
+    assert torch.equal(merged[:, 4:], a[:, 4:])
+    assert load_pipeline(out).inpainting
+    assert main(["merge", str(models["a"]), str(inpaint), "--alpha", "0.5", "--out",
+                 str(tmp_path / "x.safetensors")]) == 2  # fmt: skip
+    assert "A must be the inpainting model" in capsys.readouterr().err

@@ -124,6 +124,21 @@ def _short_hash(path: Path) -> str | None:
     return digest.hexdigest()[:10]
 
 
+def _fits(key: str, a: _Source, shape: tuple[int, ...], other: _Source) -> int | None:
+    """Input channels of A's tensor that ``other`` covers: all (None) when the shapes are
+    equal, 4 for A1111's inpainting / instruct-pix2pix rule (A's 9- or 8-channel input conv
+    against a 4-channel one: only the latent channels are merged, the rest kept from A)."""
+    theirs = other.shapes[key][0]
+    if theirs == shape:
+        return None
+    same_conv = len(shape) == len(theirs) == 4
+    same_conv = same_conv and theirs[:1] + theirs[2:] == shape[:1] + shape[2:]
+    if same_conv and shape[1] in (8, 9) and theirs[1] == 4:
+        return 4
+    hint = " (A must be the inpainting model)" if same_conv and theirs[1] in (8, 9) else ""
+    raise ValueError(f"{key}: shape {theirs} in {other.path}, {shape} in {a.path}{hint}")
+
+
 def _combine(recipe: MergeRecipe, out_dtype: torch.dtype, sources: Sequence[_Source]
              ) -> Callable[[str], Tensor]:  # fmt: skip
     a, b, *rest = sources
@@ -134,17 +149,22 @@ def _combine(recipe: MergeRecipe, out_dtype: torch.dtype, sources: Sequence[_Sou
         others = [s for s in (b, *rest) if key in s.shapes]
         if not x.is_floating_point() or len(others) != len(sources) - 1:
             return x.to(out_dtype) if x.is_floating_point() else x
-        for s in others:
-            if s.shapes[key][0] != tuple(x.shape):
-                raise ValueError(
-                    f"{key}: shape {s.shapes[key][0]} in {s.path}, {tuple(x.shape)} in {a.path}"
-                )
+        covered = {_fits(key, a, tuple(x.shape), s) for s in others}
+        if len(covered) != 1:
+            raise ValueError(
+                f"{key}: the models' shapes differ: {[s.shapes[key][0] for s in others]}"
+            )
+        c = covered.pop()
         x = x.float()
+        part = x if c is None else x[:, :c]
         if recipe.mode == "weighted-sum":
-            y = (1 - alpha) * x + alpha * b.get(key).float()
+            part = (1 - alpha) * part + alpha * b.get(key).float()
         else:
-            y = x + alpha * (b.get(key).float() - rest[0].get(key).float())
-        return y.to(out_dtype)
+            part = part + alpha * (b.get(key).float() - rest[0].get(key).float())
+        if c is None:
+            return part.to(out_dtype)
+        x[:, :c] = part
+        return x.to(out_dtype)
 
     return produce
 

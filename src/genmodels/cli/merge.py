@@ -1,10 +1,11 @@
 """``genmodels merge A B [C] --mode weighted-sum|add-difference --alpha X --out OUT``.
 
 A1111's checkpoint merger: ``weighted-sum`` gives ``(1 - alpha) * A + alpha * B``,
-``add-difference`` gives ``A + alpha * (B - C)`` (e.g. A = a fine-tune's base swapped: merge an
-inpainting model with ``B - C``). The models must be of one family; the recipe is stored in the
-output's metadata. Safetensors inputs are streamed tensor by tensor (see
-``checkpoints.merge``); an existing OUT is replaced only with ``--overwrite``.
+``add-difference`` gives ``A + alpha * (B - C)`` (e.g. an inpainting version of a fine-tune B:
+A = the inpainting model, C = B's base; the extra input channels of A are kept). The models
+must be of one family; the recipe is stored in the output's metadata. Safetensors inputs are
+streamed tensor by tensor (see ``checkpoints.merge``); an existing OUT is replaced only with
+``--overwrite``.
 """
 
 from __future__ import annotations
