@@ -104,6 +104,12 @@ def test_lora_formats_give_the_same_delta(pipe, tmp_path) -> None:
     peft = {f"unet.{diff}.to_q.lora_A.weight": down, f"unet.{diff}.to_q.lora_B.weight": up}
     path = _save(tmp_path / "peft.safetensors", peft, meta)
     torch.testing.assert_close(_delta(pipe, path, 0.5, Target("unet", 0, Q)), expected)
+    folder = tmp_path / "diffusers_lora"  # a save_lora_weights folder
+    folder.mkdir()
+    _save(folder / "pytorch_lora_weights.safetensors", peft, meta)
+    torch.testing.assert_close(_delta(pipe, folder, 0.5, Target("unet", 0, Q)), expected)
+    with pytest.raises(ValueError, match="finite"):
+        pipe.load_lora(path, float("inf"))
 
 
 def test_lycoris_formats(pipe, tmp_path) -> None:

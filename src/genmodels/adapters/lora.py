@@ -14,6 +14,7 @@ through a file puts back what that file changed.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -41,6 +42,7 @@ _COMPATIBLE = {
     "SDXL": ("sdxl-base", "sdxl-refiner"),
 }  # fmt: skip
 _LISTED = 10
+DIFFUSERS_FILES = ("pytorch_lora_weights.safetensors", "pytorch_lora_weights.bin")
 
 
 class LoraError(ValueError):
@@ -101,8 +103,10 @@ class LoraStack:
         """Merge the LoRA at ``path`` into ``unet`` and ``texts`` (the embedders' CLIP models)."""
         path = Path(path)
         for what, w in (("unet_weight", unet_weight), ("text_weight", text_weight)):
-            if not isinstance(w, int | float) or isinstance(w, bool) or w != w:
-                raise ValueError(f"LoRA {what} must be a number, got {w!r}")
+            if not isinstance(w, int | float) or isinstance(w, bool) or not math.isfinite(w):
+                raise ValueError(f"LoRA {what} must be a finite number, got {w!r}")
+        if path.is_dir():  # a diffusers LoRA folder (save_lora_weights)
+            path = next((path / n for n in DIFFUSERS_FILES if (path / n).is_file()), path)
         try:
             sd, metadata = load_state_dict(path), read_metadata(path)
         except CheckpointError as exc:

@@ -108,6 +108,10 @@ def _check_hashes(plan: AdapterPlan, stored: str | None) -> None:
     from genmodels.adapters.hashes import lora_hash
 
     recorded = dict(item.strip().rsplit(": ", 1) for item in stored.split(",") if ": " in item)
+    tagged = {name.replace(":", "").replace(",", "") for name, *_ in plan.loras}
+    for name in recorded.keys() - tagged:
+        print(f"warning: the PNG's Lora hashes name {name}, but its prompt has no <lora:{name}:"
+              "WEIGHT> tag (the weight is unknown): not applied", file=sys.stderr)  # fmt: skip
     for name, path, _, _ in plan.loras:
         want = recorded.get(name.replace(":", "").replace(",", ""))
         if want and want != lora_hash(path):
