@@ -105,7 +105,8 @@ class LoraStack:
         for what, w in (("unet_weight", unet_weight), ("text_weight", text_weight)):
             if not isinstance(w, int | float) or isinstance(w, bool) or not math.isfinite(w):
                 raise ValueError(f"LoRA {what} must be a finite number, got {w!r}")
-        if path.is_dir():  # a diffusers LoRA folder (save_lora_weights)
+        name = path.stem
+        if path.is_dir():  # a diffusers LoRA folder (save_lora_weights), named by the folder
             path = next((path / n for n in DIFFUSERS_FILES if (path / n).is_file()), path)
         try:
             sd, metadata = load_state_dict(path), read_metadata(path)
@@ -146,7 +147,7 @@ class LoraStack:
             detail = str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}"
             raise LoraError(f"{detail} (this {ours} model)") from None
         applied = AppliedLora(
-            path.stem, path, float(unet_weight), float(text_weight), len(changed), parsed.unknown
+            name, path, float(unet_weight), float(text_weight), len(changed), parsed.unknown
         )
         self.applied.append(applied)
         return applied
