@@ -236,3 +236,17 @@ def test_family_mismatch_and_bad_files(pipe, tmp_path) -> None:
         pipe.load_lora(path)
     with pytest.raises(LoraError, match="no such"):
         pipe.load_lora(tmp_path / "missing.safetensors")
+
+
+def test_bf16_merge_rounds_once_and_unloads_exactly(tmp_path) -> None:
+    pipe = build_pipeline(dtype=torch.bfloat16)
+    target = Target("unet", 0, Q)
+    original = module_of(pipe, target).weight.data
+    made = kohya_lora(pipe, tmp_path / "a.safetensors", select="attn1.to_q$")
+    pipe.load_lora(tmp_path / "a.safetensors", 0.9)
+    down, up = made[target]
+    want = (original.float() + 0.9 * 0.5 * up.float() @ down.float()).to(torch.bfloat16)
+    torch.testing.assert_close(module_of(pipe, target).weight, want, atol=0, rtol=0)
+    pipe.unload_loras()
+    restored = module_of(pipe, target).weight
+    assert restored.data_ptr() == original.data_ptr() and torch.equal(restored, original)
