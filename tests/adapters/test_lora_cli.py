@@ -90,6 +90,12 @@ def test_lora_flags_tags_metadata_and_from_png(files, tmp_path, capsys) -> None:
              "--quiet", "--outdir", str(tmp_path / "again")]  # fmt: skip
     assert main([*again, "--lora-dir", str(files["lora"].parent)]) == 0
     assert np.array_equal(_pixels(_one(tmp_path / "again")), _pixels(flag))
+    # ... or by the recorded hash after a rename (A1111's fallback) ...
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    (renamed / "ink_v2.safetensors").write_bytes(files["lora"].read_bytes())
+    assert main([*again, "--lora-dir", str(renamed), "--outdir", str(tmp_path / "hash")]) == 0
+    assert np.array_equal(_pixels(_one(tmp_path / "hash")), _pixels(flag))
     # ... and says which file it cannot find
     capsys.readouterr()
     assert main([*again, "--lora-dir", str(tmp_path)]) == 2

@@ -5,7 +5,8 @@
 looked up in the ``--lora-dir`` folders (and among the ``--lora`` files, by file name). A
 ``--lora`` file the prompt does not name is added to the recorded prompt as a tag, so the PNG
 says which LoRAs made it and ``--from-png`` (with ``--lora-dir``) applies them again; a stored
-``Lora hashes`` entry that differs from the file found is reported.
+``Lora hashes`` entry that differs from the file found is reported, and a LoRA whose name is
+not found is looked up by that hash in the LoRA folders (as A1111 does).
 
 Textual-inversion embeddings (``NAME.pt`` / ``.bin`` / ``.safetensors`` in an
 ``--embeddings-dir``) are loaded when the prompt or negative prompt names them; an embedding a
@@ -69,12 +70,16 @@ def plan_adapters(
     added = "".join(f" <lora:{name}:{w:g}>" for name, w in extra_tags if name not in named)
     plan = AdapterPlan(prompt + added if added else prompt)
     folders = [*args.lora_dir, *{p.parent for p in known.values()}]
+    hashes = _recorded(stored_hashes)
     for tag in parse_lora_tags(plan.prompt):
         try:
             path = known.get(tag.name) or find_lora(tag.name, folders)
         except ValueError as exc:
-            source = f"--from-png {args.from_png}: " if args.from_png else ""
-            raise ValueError(f"{source}{exc}") from None
+            # as A1111: a LoRA renamed since is found by the hash the PNG recorded
+            path = _find_by_hash(hashes.get(_clean(tag.name)), folders)
+            if path is None:
+                source = f"--from-png {args.from_png}: " if args.from_png else ""
+                raise ValueError(f"{source}{exc}") from None
         plan.loras.append((tag.name, path, tag.text_weight, tag.unet_weight))
     _check_hashes(plan, stored_hashes)
     _plan_embeddings(args, plan, stored_ti)
@@ -90,7 +95,7 @@ def _plan_embeddings(args: argparse.Namespace, plan: AdapterPlan, stored: str | 
         for path in sorted(folder.iterdir()):
             if path.suffix.lower() in EMBEDDING_SUFFIXES and path.is_file():
                 plan.embeddings.setdefault(path.stem, path)
-    recorded = [i.strip().rsplit(": ", 1)[0] for i in (stored or "").split(",") if ": " in i]
+    recorded = list(_recorded(stored))
     known = {name.lower() for name in plan.embeddings}
     missing = [name for name in recorded if name.lower() not in known]
     if missing:
@@ -101,19 +106,44 @@ def _plan_embeddings(args: argparse.Namespace, plan: AdapterPlan, stored: str | 
         )
 
 
+def _clean(name: str) -> str:
+    return name.replace(":", "").replace(",", "")  # A1111 drops these from infotext names
+
+
+def _recorded(stored: str | None) -> dict[str, str]:
+    """``name: hash, ...`` (A1111's ``Lora hashes`` / ``TI hashes``) as a dict."""
+    items = (item.strip().rsplit(": ", 1) for item in (stored or "").split(",") if ": " in item)
+    return {name: value for name, value in items}
+
+
+def _find_by_hash(short_hash: str | None, folders: list[Path]) -> Path | None:
+    """The LoRA file in ``folders`` with A1111's short hash ``short_hash``, if any."""
+    if not short_hash:
+        return None
+    from genmodels.adapters.hashes import lora_hash
+    from genmodels.pipelines.extra_networks import LORA_SUFFIXES
+
+    for folder in folders:
+        for path in sorted(Path(folder).glob("*")) if Path(folder).is_dir() else ():
+            if path.suffix.lower() in LORA_SUFFIXES and path.is_file():
+                if lora_hash(path) == short_hash:
+                    return path
+    return None
+
+
 def _check_hashes(plan: AdapterPlan, stored: str | None) -> None:
     """Warn when a LoRA named in a PNG's ``Lora hashes`` resolves to a different file."""
     if not stored:
         return
     from genmodels.adapters.hashes import lora_hash
 
-    recorded = dict(item.strip().rsplit(": ", 1) for item in stored.split(",") if ": " in item)
-    tagged = {name.replace(":", "").replace(",", "") for name, *_ in plan.loras}
+    recorded = _recorded(stored)
+    tagged = {_clean(name) for name, *_ in plan.loras}
     for name in recorded.keys() - tagged:
         print(f"warning: the PNG's Lora hashes name {name}, but its prompt has no <lora:{name}:"
               "WEIGHT> tag (the weight is unknown): not applied", file=sys.stderr)  # fmt: skip
     for name, path, _, _ in plan.loras:
-        want = recorded.get(name.replace(":", "").replace(",", ""))
+        want = recorded.get(_clean(name))
         if want and want != lora_hash(path):
             print(f"warning: LoRA {name}: {path} has hash {lora_hash(path)}, the PNG recorded "
                   f"{want} (a different file?)", file=sys.stderr)  # fmt: skip
