@@ -14,7 +14,12 @@ from safetensors.torch import load_file, save_file
 from genmodels.adapters.hashes import embedding_hash, lora_hash
 from genmodels.cli.generate import main
 from genmodels.pipelines.build import build_pipeline, save_pipeline
-from genmodels.pipelines.extra_networks import LoraTag, parse_lora_tags, strip_extra_networks
+from genmodels.pipelines.extra_networks import (
+    LoraTag,
+    apply_prompt_loras,
+    parse_lora_tags,
+    strip_extra_networks,
+)
 from genmodels.pipelines.metadata import parameters_from_infotext, read_png_parameters
 from tests.adapters.helpers import kohya_lora
 
@@ -117,3 +122,9 @@ def test_library_prompt_tags(files) -> None:
     plain = pipe.txt2img("a cat", **kw)
     assert (tagged.latents == plain.latents).all()
     assert tagged.parameters[0].extra["Lora hashes"].startswith("ink: ")
+    other = build_pipeline()
+    apply_prompt_loras(other, "a cat <lora:ink:0.5:0.25>", [files["lora"].parent])
+    (lora,) = other.loras
+    assert (lora.name, lora.text_weight, lora.unet_weight) == ("ink", 0.5, 0.25)
+    apply_prompt_loras(other, "<lora:ink:0.5:0.25>", [files["lora"].parent])  # loaded already
+    assert len(other.loras) == 1
