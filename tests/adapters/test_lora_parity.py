@@ -1,6 +1,7 @@
 """LoRA parity with diffusers + PEFT: the same LoRA file on the same tiny SD 1.x / SDXL model,
 merged by us (``pipe.load_lora``) and by diffusers (``load_lora_weights`` + ``fuse_lora``), gives
-the same UNet and text-encoder outputs (fp32, 1e-4). kohya files use kohya's own UNet naming
+the same UNet and text-encoder outputs (fp32, 1e-4), SD 1.x, 2.x (OpenCLIP text encoder in our
+HF layout) and SDXL. kohya files use kohya's own UNet naming
 (diffusers paths for SD 1.x, LDM / sgm paths for SDXL) and hold LoCon conv layers (3x3 kernels in
 ``lora_down``); the PEFT files are written by diffusers' ``save_lora_weights`` from PEFT layers
 with ``lora_alpha != r`` (the scale comes from the file's ``lora_adapter_metadata``)."""
@@ -29,7 +30,7 @@ UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "conv1", "conv2",
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1"]
 
 
-@pytest.fixture(scope="module", params=["sd1", "sdxl-base"])
+@pytest.fixture(scope="module", params=["sd1", "sd2", "sdxl-base"])
 def model(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(request.param)
     refs = build_reference(request.param, root / "diffusers")
@@ -41,7 +42,7 @@ def _reference_pipeline(family: str, refs: dict):
     sched = diffusers.EulerDiscreteScheduler()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if family == "sd1":
+        if not family.startswith("sdxl"):
             return diffusers.StableDiffusionPipeline(
                 vae=refs["vae"], text_encoder=refs["text_encoder"], tokenizer=None,
                 unet=refs["unet"], scheduler=sched, safety_checker=None,
@@ -93,7 +94,7 @@ def _peft_file(family: str, refs: dict, path: Path) -> None:
     from peft.utils import get_peft_model_state_dict
 
     layers, meta = {}, {}
-    folders = ["unet", "text_encoder"] + (["text_encoder_2"] if family != "sd1" else [])
+    folders = ["unet", "text_encoder"] + (["text_encoder_2"] if family == "sdxl-base" else [])
     for i, folder in enumerate(folders):
         targets = UNET_TARGETS if folder == "unet" else TEXT_TARGETS
         cfg = LoraConfig(r=4, lora_alpha=8 - 3 * i, target_modules=targets,
@@ -106,7 +107,7 @@ def _peft_file(family: str, refs: dict, path: Path) -> None:
                     p.mul_(0.3)
         layers[f"{folder}_lora_layers"] = get_peft_model_state_dict(module)
         meta[f"{folder}_lora_adapter_metadata"] = cfg.to_dict()
-    xl = family != "sd1"
+    xl = family == "sdxl-base"
     cls = diffusers.StableDiffusionXLPipeline if xl else diffusers.StableDiffusionPipeline
     cls.save_lora_weights(str(path.parent), weight_name=path.name, **layers, **meta)
 
