@@ -1,10 +1,10 @@
-"""LoRA parity with diffusers + PEFT: the same LoRA file on the same tiny SD 1.x / SDXL model,
-merged by us (``pipe.load_lora``) and by diffusers (``load_lora_weights`` + ``fuse_lora``), gives
-the same UNet and text-encoder outputs (fp32, 1e-4), SD 1.x, 2.x (OpenCLIP text encoder in our
-HF layout) and SDXL. kohya files use kohya's own UNet naming
-(diffusers paths for SD 1.x, LDM / sgm paths for SDXL) and hold LoCon conv layers (3x3 kernels in
-``lora_down``); the PEFT files are written by diffusers' ``save_lora_weights`` from PEFT layers
-with ``lora_alpha != r`` (the scale comes from the file's ``lora_adapter_metadata``)."""
+"""LoRA parity with diffusers + PEFT: the same LoRA file on the same tiny SD 1.x / 2.x / SDXL
+model, merged by us (``pipe.load_lora``) and by diffusers (``load_lora_weights`` +
+``fuse_lora``), gives the same UNet and text-encoder outputs (fp32, 1e-4); for SD 2.x the
+OpenCLIP text encoder is adapted in our HF layout. kohya files use kohya's own UNet naming
+(diffusers paths for SD 1.x / 2.x, LDM / sgm paths for SDXL) and hold LoCon conv layers (3x3
+kernels in ``lora_down``); the PEFT files are written by diffusers' ``save_lora_weights`` from
+PEFT layers with ``lora_alpha != r`` (the scale comes from the file's ``lora_adapter_metadata``)."""
 
 from __future__ import annotations
 
