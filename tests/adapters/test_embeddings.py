@@ -1,6 +1,7 @@
 """Textual-inversion embeddings: parity with diffusers' ``load_textual_inversion`` (A1111 ``.pt``
 on SD 1.x, ``clip_l`` / ``clip_g`` safetensors on SDXL), vectors counted in the 75-token chunks
-and BREAK, exact unload, ``TI hashes`` in the infotext and ``--embeddings-dir`` / ``--from-png``."""
+(an embedding kept whole, as A1111) and BREAK, exact unload, ``TI hashes`` in the infotext and
+``--embeddings-dir`` / ``--from-png``."""
 
 from __future__ import annotations
 
@@ -99,7 +100,9 @@ def test_chunks_break_weights_and_unload(tmp_path) -> None:
     ids = emb.tokenizer.encode("MYEMB a cat")  # any case, as A1111 (its tokens are lower case)
     assert ids[:5] == list(range(49408, 49413)) and ids[5:] == emb.tokenizer.encode("a cat")
     assert len(emb.token_chunks("word " * 70 + "myemb", 20)) == 1  # 70 + 5 = 75 tokens
-    assert len(emb.token_chunks("word " * 71 + "myemb", 20)) == 2
+    # an embedding that does not fit starts the next chunk whole (A1111), also when repeated
+    assert [len(c) for c in emb.token_chunks("word " * 71 + "myemb", 20)] == [71, 5]
+    assert [len(c) for c in emb.token_chunks("word " * 66 + "myemb myemb", 0)] == [71, 5]
     from genmodels.pipelines.prompt_weighting import weighted_chunks
 
     chunks = weighted_chunks(emb.tokenizer, "(myemb:1.5) BREAK cat")

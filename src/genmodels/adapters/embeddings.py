@@ -13,9 +13,8 @@ n vectors to each text encoder's token-embedding table (a new tensor; the origin
 put back by ``unload``) and gives its name n ids past the vocabulary in that embedder's
 tokenizer (``CLIPTokenizer.set_added_words``). The name then tokenizes to those n ids, so its
 vectors count as n tokens in the 75-token chunks, in ``BREAK`` and in the emphasis weights, and
-the encoders see the vectors in their places, as diffusers' added tokens do. (A1111 also moves
-an embedding that would straddle a chunk boundary whole into the next chunk; here its vectors
-are split like other tokens.)
+the encoders see the vectors in their places, as diffusers' added tokens do. An embedding that
+would straddle a chunk boundary starts the next chunk whole, as in A1111.
 """
 
 from __future__ import annotations
@@ -154,8 +153,10 @@ class EmbeddingStore:
             for i, (emb, slot) in enumerate(zip(embedders, slots)):
                 vectors = _pick(sets, slot, emb.model.config.hidden_size, path, family)
                 words[i][path.stem] = list(range(sizes[i], sizes[i] + len(vectors)))
-                sizes[i] += len(vectors)
-                new_rows[i].append(vectors)
+                # one unused row after each embedding: a run of consecutive ids is then one
+                # embedding, which the chunking keeps whole (tokenizer.split_chunks)
+                sizes[i] += len(vectors) + 1
+                new_rows[i] += [vectors, vectors.new_zeros(1, vectors.shape[1])]
                 counts.add(len(vectors))
             added.append(LoadedEmbedding(path.stem, path, max(counts)))
         for emb, rows, table in zip(embedders, new_rows, words):

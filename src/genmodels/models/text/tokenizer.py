@@ -28,6 +28,7 @@ from genmodels.configs.text import BOS_TOKEN_ID, CONTEXT_LENGTH, EOS_TOKEN_ID
 
 DEFAULT_BPE_PATH = Path(__file__).with_name("bpe_simple_vocab_16e6.txt.gz")
 NUM_MERGES = 49152 - 256 - 2  # merges used by CLIP: vocab 49408 = 512 byte symbols + merges + 2
+VOCAB_SIZE = 512 + NUM_MERGES + 2  # ids from here on are added words (embeddings)
 SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
 # The reference compiles its pattern with IGNORECASE. On lower-cased text that matters twice:
 # "'ſ" (long s folds to s) is the contraction "'s", and U+0345 (Mn, folds to a letter) matches
@@ -255,16 +256,36 @@ class CLIPTokenizer:
         return torch.tensor([self.wrap(c) for c in chunks], dtype=torch.long)
 
 
+def _added_run(ids: list[int], i: int, vocab_size: int) -> int:
+    """Length of the added-word run starting at ``i`` (0 for a vocabulary token): consecutive
+    ids past the vocabulary. Embeddings get id ranges with a gap between them
+    (``adapters.embeddings``), so one run is one embedding."""
+    if ids[i] < vocab_size:
+        return 0
+    j = i + 1
+    while j < len(ids) and ids[j] == ids[j - 1] + 1:
+        j += 1
+    return j - i
+
+
 def split_chunks(
-    ids: list[int], chunk_length: int, comma_id: int, comma_backtrack: int = 20
+    ids: list[int],
+    chunk_length: int,
+    comma_id: int,
+    comma_backtrack: int = 20,
+    vocab_size: int = VOCAB_SIZE,
 ) -> list[list[int]]:
-    """Split ids into chunks of at most ``chunk_length`` (A1111 rules, see ``tokenize_chunks``)."""
+    """Split ids into chunks of at most ``chunk_length`` (A1111 rules, see ``tokenize_chunks``).
+    An added word (a textual-inversion embedding: ids from ``vocab_size`` on) that does not fit
+    in the current chunk starts the next one whole, as A1111's ``tokenize_line``."""
     if comma_backtrack < 0:
         raise ValueError(f"comma_backtrack must be >= 0, got {comma_backtrack}")
     chunks: list[list[int]] = []
     chunk: list[int] = []
     last_comma = -1
-    for tok in ids:
+    i = 0
+    while i < len(ids):
+        tok = ids[i]
         if tok == comma_id:
             last_comma = len(chunk)
         elif (
@@ -278,7 +299,16 @@ def split_chunks(
         if len(chunk) == chunk_length:
             chunks.append(chunk)
             chunk, last_comma = [], -1
+        run = _added_run(ids, i, vocab_size)
+        if 1 < run <= chunk_length:  # an embedding: kept whole
+            if len(chunk) + run > chunk_length:
+                chunks.append(chunk)
+                chunk, last_comma = [], -1
+            chunk.extend(ids[i : i + run])
+            i += run
+            continue
         chunk.append(tok)
+        i += 1
     if chunk or not chunks:
         chunks.append(chunk)
     return chunks
