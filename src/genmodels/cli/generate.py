@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from genmodels.cli.adapter_args import add_adapter_arguments, apply_adapters, plan_adapters
 from genmodels.diffusion.samplers.registry import resolve_sampler
 from genmodels.diffusion.schedules import resolve_scheduler
 from genmodels.models.tiling import TilingConfig
@@ -101,6 +102,7 @@ def _add_arguments(p: argparse.ArgumentParser, mode: str) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     tiling = "VAE encode/decode in tiles when the longer side exceeds this (0: never)"
     p.add_argument("--vae-tiling-above", type=int, default=2048, metavar="PIXELS", help=tiling)
+    add_adapter_arguments(p)
     if mode != "txt2img":
         p.add_argument("--init-image", type=Path, required=True, help="the input image")
         p.add_argument("--strength", type=float, help="denoising strength in [0, 1]")
@@ -119,6 +121,8 @@ def _options(args: argparse.Namespace) -> dict:
         for key, attr in _FROM_PNG.items():
             if opts[key] is None:
                 opts[key] = getattr(stored, attr)
+        opts["lora_hashes"] = stored.extra.get("Lora hashes")
+        opts["ti_hashes"] = stored.extra.get("TI hashes")
     for key, value in DEFAULTS.items():
         if opts[key] is None and not (key in ("width", "height") and args.mode != "txt2img"):
             opts[key] = value
@@ -228,7 +232,10 @@ def _run(args: argparse.Namespace, written: list) -> int:
     opts = _options(args)
     device, dtype = _check(args, opts)
     limits = _limits(args)
+    adapters = plan_adapters(args, opts["prompt"], opts.get("lora_hashes"), opts.get("ti_hashes"))
+    opts["prompt"] = adapters.prompt
     pipe = load_pipeline(args.ckpt, dtype=dtype, device=device, vae=args.vae)
+    apply_adapters(pipe, adapters, opts["negative_prompt"])
     if args.vae_tiling_above:
         pipe.vae.tiling = TilingConfig(min_size=args.vae_tiling_above)
     model_id = dict(model_hash=model_hash(args.ckpt), model_name=args.ckpt.stem)

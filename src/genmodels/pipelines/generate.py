@@ -37,6 +37,7 @@ from genmodels.diffusion.samplers.registry import resolve_sampler
 from genmodels.diffusion.sampling import sample, sampler_sigmas
 from genmodels.diffusion.schedules import resolve_scheduler
 from genmodels.pipelines.conditioning import SDXLSizeConditioning, text_conditioning
+from genmodels.pipelines.extra_networks import adapter_infotext, strip_extra_networks
 from genmodels.pipelines.finite import FiniteWatch, check_finite
 from genmodels.pipelines.image_reading import load_image
 from genmodels.pipelines.images import pil_to_tensor, tensor_to_pil
@@ -233,7 +234,8 @@ def _run(
     shape = (batch_size, pipe.vae.config.embed_dim, params.height // f, params.width // f)
     seeds = resolve_seeds(params.seed, batch_size)
     cond, uncond = text_conditioning(
-        pipe.text_encoder, pipe.model_type, [params.prompt], [params.negative_prompt],
+        pipe.text_encoder, pipe.model_type, [strip_extra_networks(params.prompt)],
+        [params.negative_prompt],
         (params.height, params.width), sdxl,
     )  # fmt: skip
     cond = {k: v.expand(batch_size, *v.shape[1:]) for k, v in cond.items()}
@@ -302,6 +304,7 @@ def _parameters(
         prompt=prompt, negative_prompt=negative_prompt, steps=steps, sampler=name,  # type: ignore[arg-type]
         scheduler=sched, cfg_scale=float(cfg_scale), seed=seed, width=width, height=height,
         denoising_strength=strength, model_name=_model_name(pipe),
+        extra=adapter_infotext(pipe, prompt, negative_prompt),  # type: ignore[arg-type]
     )  # fmt: skip
     if len(format_infotext(p)) > MAX_INFOTEXT - 1000:  # room for the model hash and name
         raise ValueError(f"the prompts are too long to store in a PNG ({MAX_INFOTEXT} characters)")
