@@ -80,14 +80,14 @@ def test_from_png_warns_about_each_ignored_field(ckpts, tmp_path, capsys) -> Non
     png = tmp_path / "a1111.png"
     text = ("a cat\nSteps: 2, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 5, Seed: 3, "
             "Size: 16x16, Model hash: 0123456789, Model: other, VAE: kl-f8.pt, "
-            "Lora hashes: \"x: abc\", Hires upscale: 2, Hires upscaler: R-ESRGAN 4x+, "
+            "ADetailer model: \"face: yolo\", Hires upscale: 2, Hires upscaler: R-ESRGAN 4x+, "
             "Denoising strength: 0.5, Refiner: sd_xl_refiner [7440042bbd], "
             "Refiner switch at: 0.8, Version: v1.10.1")  # fmt: skip
     save_png(Image.new("RGB", (32, 32)), png, text)
     out = _rerun(png, ckpts["sd1"], tmp_path / "o")
     err = capsys.readouterr().err
     assert "was made with model other [0123456789]" in err
-    for field in ("Lora hashes: x: abc", "Hires upscaler: R-ESRGAN 4x+", "Version: v1.10.1",
+    for field in ("ADetailer model: face: yolo", "Hires upscaler: R-ESRGAN 4x+", "Version: v1.10.1",
                   "Refiner: sd_xl_refiner", "VAE: kl-f8.pt"):  # fmt: skip
         assert re.search(rf"warning: --from-png .*ignoring {re.escape(field)}", err), field
     p = parameters_from_infotext(read_png_parameters(out))
@@ -189,3 +189,11 @@ def test_bad_flags(ckpts, tmp_path, capsys, args, message) -> None:
     assert main(argv) == 2
     assert re.search(message, capsys.readouterr().err)
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_from_file_lines_must_name_the_same_loras() -> None:
+    from genmodels.cli.generation_flags import check_same_loras
+
+    check_same_loras(["a <lora:x:0.5> cat", "<lora:x:0.5> a dog"])
+    with pytest.raises(ValueError, match="different <lora:...> tags"):
+        check_same_loras(["a <lora:x:0.5> cat", "a dog"])

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from genmodels.cli import generation_flags as flags
+from genmodels.cli.adapter_args import add_adapter_arguments, apply_adapters, plan_adapters
 from genmodels.diffusion.samplers.registry import resolve_sampler
 from genmodels.diffusion.schedules import resolve_scheduler
 from genmodels.models.tiling import TilingConfig
@@ -103,6 +104,7 @@ def _add_arguments(p: argparse.ArgumentParser, mode: str) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     tiling = "VAE encode/decode in tiles when the longer side exceeds this (0: never)"
     p.add_argument("--vae-tiling-above", type=int, default=2048, metavar="PIXELS", help=tiling)
+    add_adapter_arguments(p)
     if mode != "txt2img":
         p.add_argument("--init-image", type=Path, required=True, help="the input image")
         p.add_argument("--strength", type=float, help="denoising strength in [0, 1]")
@@ -123,6 +125,8 @@ def _options(args: argparse.Namespace) -> dict:
         for key, attr in _FROM_PNG.items():
             if opts[key] is None:
                 opts[key] = getattr(stored, attr)
+        opts["lora_hashes"] = stored.extra.get("Lora hashes")
+        opts["ti_hashes"] = stored.extra.get("TI hashes")
     opts["stored"] = stored
     opts["prediction"] = args.prediction or (stored and stored.prediction)
     opts["prompts"] = [opts["prompt"]]
@@ -269,8 +273,14 @@ def _run(args: argparse.Namespace, written: list) -> int:
     limits = _limits(args)
     if opts["stored"] is not None:
         flags.warn_ignored(args, opts["stored"])
+    plans = [plan_adapters(args, p, opts.get("lora_hashes"), opts.get("ti_hashes"))
+             for p in opts["prompts"]]  # fmt: skip
+    opts["prompts"] = [plan.prompt for plan in plans]  # with the tags of --lora files
+    flags.check_same_loras(opts["prompts"])  # --from-file: the LoRAs are applied once
+    adapters, opts["prompt"] = plans[0], opts["prompts"][0]
     load = dict(dtype=dtype, device=device, vae=args.vae, prediction=opts["prediction"])
     pipe = load_pipeline(args.ckpt, **load)
+    apply_adapters(pipe, adapters, opts["negative_prompt"])
     if args.vae_tiling_above:
         pipe.vae.tiling = TilingConfig(min_size=args.vae_tiling_above)
     model_id = dict(model_hash=model_hash(args.ckpt), model_name=args.ckpt.stem,

@@ -13,10 +13,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from genmodels.pipelines.extra_networks import parse_lora_tags
 from genmodels.pipelines.hires import UPSCALERS, HiresFix
 from genmodels.pipelines.metadata import GenerationParameters
 
-__all__ = ["add_arguments", "generation_options", "ignored_fields", "read_prompt_file"]
+__all__ = [
+    "add_arguments", "check_same_loras", "generation_options", "ignored_fields",
+    "read_prompt_file",
+]  # fmt: skip
 
 _WH = re.compile(r"^(\d+)[x,](\d+)$")
 
@@ -190,9 +194,13 @@ def sdxl_fields(args: argparse.Namespace, stored: GenerationParameters | None) -
     return {k: v for k, v in fields.items() if v is not None}
 
 
+# read by the adapter options (cli/adapter_args.py), not by the generation settings
+_ADAPTER_FIELDS = {"Lora hashes", "TI hashes"}
+
+
 def ignored_fields(args: argparse.Namespace, stored: GenerationParameters) -> list[str]:
     """``key: value`` of each field of a ``--from-png`` PNG that this run does not honour."""
-    out = [f"{k}: {v}" for k, v in stored.extra.items()]
+    out = [f"{k}: {v}" for k, v in stored.extra.items() if k not in _ADAPTER_FIELDS]
     if stored.refiner_name is not None and getattr(args, "refiner", None) is None:
         out.append(f"Refiner: {stored.refiner_name} (give it with --refiner PATH)")
     if stored.hires is not None and getattr(args, "hires", None) is None:
@@ -205,6 +213,17 @@ def ignored_fields(args: argparse.Namespace, stored: GenerationParameters) -> li
 def warn_ignored(args: argparse.Namespace, stored: GenerationParameters) -> None:
     for field in ignored_fields(args, stored):
         print(f"warning: --from-png {args.from_png}: ignoring {field}", file=sys.stderr)
+
+
+def check_same_loras(prompts: list[str]) -> None:
+    """LoRAs are applied to the weights once per run: every ``--from-file`` line must name the
+    same ``<lora:...>`` tags."""
+    tags = {tuple(parse_lora_tags(p)) for p in prompts}
+    if len(tags) > 1:
+        raise ValueError(
+            "--from-file: the lines name different <lora:...> tags; LoRAs are applied once per "
+            "run, so put lines with other LoRAs in another file"
+        )
 
 
 def read_prompt_file(path: Path) -> list[str]:

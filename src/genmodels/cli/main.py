@@ -14,6 +14,7 @@ from genmodels.cli import (
     generate,
     import_taming,
     info,
+    merge,
     sample,
     samplers,
     serve,
@@ -23,8 +24,9 @@ from genmodels.cli import (
 
 # Each sub-command module provides register(subparsers) and a run(args) -> int it sets as
 # the parser's default ``func``.
-COMMANDS = (demo, train, sample, samplers, info, convert, import_taming, generate, vq_sample,
-            serve)  # fmt: skip
+COMMANDS = (
+    demo, train, sample, samplers, info, convert, import_taming, generate, vq_sample, merge, serve,
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

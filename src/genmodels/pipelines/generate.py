@@ -44,6 +44,7 @@ from genmodels.diffusion.samplers.registry import resolve_sampler
 from genmodels.diffusion.sampling import sampler_sigmas
 from genmodels.diffusion.schedules import resolve_scheduler
 from genmodels.pipelines.conditioning import SDXLSizeConditioning
+from genmodels.pipelines.extra_networks import adapter_infotext
 from genmodels.pipelines.finite import check_finite
 from genmodels.pipelines.hires import HiresFix
 from genmodels.pipelines.image_reading import load_image
@@ -258,6 +259,7 @@ def _parameters(
         scheduler=sched, cfg_scale=float(cfg_scale), seed=seed, width=width, height=height,
         denoising_strength=strength, model_name=_model_name(pipe),
         **_sdxl_fields(sdxl), **check_options(pipe, **options),
+        extra=adapter_infotext(pipe, prompt, negative_prompt),  # type: ignore[arg-type]
     )  # fmt: skip
     if p.hires is not None and p.hires.target_size(width, height, 1) == (width, height):
         p = replace(p, hires=None)  # A1111: upscaling to the same size disables the hires fix

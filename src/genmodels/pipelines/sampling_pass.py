@@ -22,6 +22,7 @@ from genmodels.diffusion.noise import SeededNoiseSampler, variation_noise
 from genmodels.diffusion.samplers.registry import get_sampler
 from genmodels.diffusion.sampling import sample
 from genmodels.pipelines.conditioning import SDXLSizeConditioning
+from genmodels.pipelines.extra_networks import strip_extra_networks
 from genmodels.pipelines.finite import FiniteWatch
 from genmodels.pipelines.latent_diffusion import LatentDiffusionPipeline
 from genmodels.pipelines.metadata import GenerationParameters
@@ -123,9 +124,12 @@ def run_pass(
     pass that finishes the image."""
     f = pipe.vae.downsample_factor
     size = (shape[-2] * f, shape[-1] * f)
+    # <lora:...> tags are applied to the weights (extra_networks), not encoded; A1111 strips
+    # them before the prompt schedule is parsed
     with clip_skip(pipe.text_encoder, params.clip_skip, pipe.model_type):
         cond, uncond = schedule_conditioning(
-            pipe.text_encoder, pipe.model_type, params.prompt, params.negative_prompt,
+            pipe.text_encoder, pipe.model_type, strip_extra_networks(params.prompt),
+            params.negative_prompt,
             schedule_steps, size, sdxl_conditioning(params, size), hires_steps,
         )  # fmt: skip
     denoiser: Callable[..., Tensor] = pipe.denoiser
