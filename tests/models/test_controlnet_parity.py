@@ -59,10 +59,10 @@ def perturb(module: torch.nn.Module, seed: int) -> None:
             p.add_(0.05 * torch.randn(p.shape, generator=gen))
 
 
-def reference_controlnet(name: str, seed: int = 0) -> torch.nn.Module:
+def reference_controlnet(name: str, seed: int = 0, hint=HINT_CHANNELS) -> torch.nn.Module:
     kw = {k: v for k, v in UNETS[name].items() if k != "up_block_types"}
     torch.manual_seed(seed)
-    ref = diffusers.ControlNetModel(conditioning_embedding_out_channels=HINT_CHANNELS, **kw)
+    ref = diffusers.ControlNetModel(conditioning_embedding_out_channels=hint, **kw)
     perturb(ref, seed)
     return ref.eval()
 
@@ -179,7 +179,7 @@ def test_our_keys_convert_with_diffusers_own_ldm_converter(tmp_path: Path) -> No
     """diffusers' converter for original (cldm) ControlNet files accepts our tensors: the ldm
     layout we read is the one the original files use."""
     single_file = pytest.importorskip("diffusers.loaders.single_file_utils")
-    ref = reference_controlnet("sd1")
+    ref = reference_controlnet("sd1", hint=(16, 32, 96, 256))  # its converter needs 4 stages
     ours = ours_from_folder(ref, tmp_path / "cn")
     ldm = {f"control_model.{k}": v for k, v in ours.state_dict().items()}
     config = dict(ref.config)
