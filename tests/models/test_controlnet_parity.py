@@ -18,7 +18,7 @@ import torch
 
 from genmodels.checkpoints.controlnet import read_controlnet
 from genmodels.checkpoints.diffusers_unet import diffusers_to_ldm_unet, unet_config_from_diffusers
-from genmodels.models.controlnet import ControlNetModel, ControlledUNet
+from genmodels.models.controlnet import ControlledUNet, ControlNetModel
 from genmodels.models.unet import UNetModel
 from genmodels.nn.embeddings import timestep_embedding
 

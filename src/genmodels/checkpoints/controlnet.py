@@ -58,8 +58,8 @@ class ControlNetFile:
 
 def controlnet_family(config: UNetConfig) -> ModelFamily | None:
     """The SD family a ControlNet (or UNet) encoder belongs to, from its measured widths."""
-    if config.num_classes == "sequential":
-        return {2816: "sdxl-base", 2560: "sdxl-refiner"}.get(config.adm_in_channels or 0)
+    if config.num_classes == "sequential":  # as detect.detect_family: base unless 2560 wide
+        return "sdxl-refiner" if config.adm_in_channels == 2560 else "sdxl-base"
     return {768: "sd1", 1024: "sd2"}.get(config.context_dim or 0)
 
 
@@ -154,7 +154,10 @@ def read_controlnet(path: str | os.PathLike, like: UNetConfig | None = None) -> 
     elif like is not None and like.context_dim == unet.context_dim:
         unet = _heads(unet, like)
     elif family is not None:  # the family's released head layout (or a matching preset)
-        unet = infer_unet_config(sd, family, encoder_only=True, what=what)
+        try:
+            unet = infer_unet_config(sd, family, encoder_only=True, what=what)
+        except CheckpointError:  # non-standard widths: keep the placeholder heads
+            pass
     try:
         config = ControlNetConfig(unet, hint_channels, hint_widths)
     except ValueError as exc:
