@@ -60,7 +60,8 @@ def test_units_recorded_and_from_png_reproduces(files, tmp_path) -> None:
     again = ["--controlnet", str(files["cn"]), "--control-image", str(files["edges"]),
              "--controlnet", str(files["cn2"]), "--control-image", str(files["edges"])]  # fmt: skip
     rerun = ["txt2img", "--ckpt", str(files["ckpt"]), "--from-png", str(png), "--outdir",
-             str(tmp_path / "b"), "--quiet", "--dtype", "fp32", "--device", "cpu", *again]  # fmt: skip
+             str(tmp_path / "b"), "--quiet", "--dtype", "fp32", "--device", "cpu",
+             *again]  # fmt: skip
     assert main(rerun) == 0
     (png2,) = (tmp_path / "b").iterdir()
     assert np.array_equal(np.asarray(Image.open(png2)), np.asarray(Image.open(png)))
