@@ -5,6 +5,7 @@ is exactly no control, units add up, the step range follows A1111, txt2img / img
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -47,12 +48,22 @@ def files(sd1, tmp_path_factory) -> dict[str, Path]:
         "ldm": save_ldm(model, root / "cn_ldm.safetensors"),
         "bare": save_ldm(model, root / "cn_bare.pth", prefix=""),
         "folder": save_diffusers(model, root / "cn_diffusers"),
+        "diffusers_file": _diffusers_single_file(
+            root / "cn_diffusers", root / "cn_dkeys.safetensors"
+        ),
         "hint": torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)),
     }
 
 
+def _diffusers_single_file(folder: Path, path: Path) -> Path:
+    """diffusers key names in one file (as many SDXL ControlNets are shared)."""
+    shutil.copy(folder / "diffusion_pytorch_model.safetensors", path)
+    return path
+
+
 def test_every_layout_loads_the_same_model(sd1, files) -> None:
-    loaded = [load_controlnet(files[k], sd1) for k in ("ldm", "bare", "folder")]
+    layouts = ("ldm", "bare", "folder", "diffusers_file")
+    loaded = [load_controlnet(files[k], sd1) for k in layouts]
     ref = files["model"].state_dict()
     for cn in loaded:
         assert cn.model.config == files["model"].config, cn.source
@@ -181,3 +192,23 @@ def test_infotext_entries_round_trip(sd1, files) -> None:
     (r,) = parse_control_infotext(older)
     assert (r.index, r.module, r.name, r.hash, r.weight, r.start, r.end) == (
         1, "canny", "control_sd15_canny", "fef5e48e", 0.6, 0.2, 0.9)  # fmt: skip
+
+
+def test_sdxl_controlnet_gets_the_vector_conditioning() -> None:
+    """An SDXL ControlNet takes the pooled text + size vector y (diffusers: text_embeds and
+    time_ids through its addition embedding): changing only its label_emb changes the image."""
+    import copy
+
+    from genmodels.pipelines.controlnet import LoadedControlNet
+
+    xl = build_pipeline(model_type="sdxl-base")
+    model = controlnet_for(xl)
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.label_emb[0][0].weight.mul_(-1)
+    hint = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    plain = txt2img(xl, "a cat", **RUN).latents
+    a, b = (txt2img(xl, "a cat", **RUN, control=[ControlUnit(
+        LoadedControlNet(m, "xl", None, "sdxl-base", "memory"), hint)]).latents
+        for m in (model, other))  # fmt: skip
+    assert (a - plain).abs().max() > 1e-3 and (a - b).abs().max() > 1e-4
