@@ -188,3 +188,39 @@ def test_our_keys_convert_with_diffusers_own_ldm_converter(tmp_path: Path) -> No
     assert set(converted) == set(ref_sd)
     for key, value in converted.items():
         assert torch.equal(value, ref_sd[key]), key
+
+
+_SDXL_CONTROLNET = dict(  # diffusers/controlnet-canny-sdxl-1.0's config.json
+    block_out_channels=(320, 640, 1280), down_block_types=("DownBlock2D", _ATTN_DOWN, _ATTN_DOWN),
+    attention_head_dim=(5, 10, 20), transformer_layers_per_block=(1, 2, 10),
+    cross_attention_dim=2048, use_linear_projection=True, addition_embed_type="text_time",
+    addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("preset", ["sd1", "sd2", "sdxl-base"])
+def test_released_sizes_have_diffusers_keys_and_shapes(preset: str) -> None:
+    """Full-size SD 1.5 / 2.1 / XL ControlNets (on the meta device: no memory): our tensors
+    convert to exactly the keys and shapes of diffusers' ControlNetModel of that release."""
+    from genmodels.checkpoints.controlnet_keys import ldm_to_diffusers_controlnet
+    from genmodels.configs.controlnet import ControlNetConfig
+    from genmodels.configs.unet import get_unet_config
+
+    kw: dict[str, Any] = {
+        "sd1": dict(cross_attention_dim=768),
+        "sd2": dict(attention_head_dim=(5, 10, 20, 20), cross_attention_dim=1024,
+                    use_linear_projection=True, upcast_attention=True),
+        "sdxl-base": _SDXL_CONTROLNET,
+    }[preset]  # fmt: skip
+    config = ControlNetConfig(get_unet_config(preset))
+    with torch.device("meta"):
+        ref = diffusers.ControlNetModel(**kw)
+        ours = ControlNetModel(config)
+    converted = ldm_to_diffusers_controlnet(ours.state_dict(), config)
+    ref_sd = ref.state_dict()
+    assert set(converted) == set(ref_sd)
+    assert all(converted[k].shape == ref_sd[k].shape for k in ref_sd)
+    # and back: the ldm keys, read off the diffusers names alone
+    from genmodels.checkpoints.controlnet_keys import diffusers_to_ldm_controlnet
+
+    assert set(diffusers_to_ldm_controlnet(ref_sd)) == set(ours.state_dict())
