@@ -46,7 +46,7 @@ from genmodels.pipelines.finite import check_finite
 from genmodels.pipelines.image_reading import load_image
 from genmodels.pipelines.images import pil_to_tensor
 from genmodels.pipelines.latent_diffusion import LatentDiffusionPipeline
-from genmodels.pipelines.loading import _build, _load
+from genmodels.pipelines.loading import _build, _load  # the pipeline loader's meta build / load
 
 __all__ = [
     "ControlSchedule", "ControlUnit", "LoadedControlNet", "apply_control", "load_controlnet",
@@ -234,8 +234,12 @@ def apply_control(
     sigmas: Tensor,
 ) -> ControlSchedule:  # fmt: skip
     """``denoiser`` (over a UNet, or a 9-channel inpainting wrapper of one) with the units'
-    control, for a run over ``sigmas`` (the steps actually sampled)."""
+    control, for a run over ``sigmas`` (the steps actually sampled). The ControlNets are moved
+    to the UNet's device and dtype."""
     device = denoiser.sigmas.device
+    dtype = next(denoiser.model.parameters()).dtype
+    for unit in units:  # follow the pipeline if it moved since load_controlnet (in place)
+        unit.model.to(device=device, dtype=dtype)
     net = ControlledUNet(denoiser.model, [u.model for u in units], [h.to(device) for h in hints])
     alphas_cumprod = 1 / (1 + denoiser.sigmas.double() ** 2)
     controlled = DiscreteDenoiser(net, alphas_cumprod, denoiser.prediction, denoiser.quantize)
