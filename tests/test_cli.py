@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +29,14 @@ def test_samplers_table_lists_everything(capsys: pytest.CaptureFixture[str]) -> 
     assert "DPM++ 2M" in out and "Euler a" in out
     assert main(["samplers", "--markdown"]) == 0
     assert "| dpmpp_2m |" in capsys.readouterr().out
+
+
+def test_readme_tables_are_what_the_command_prints(capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's samplers and schedulers tables are ``genmodels samplers --markdown``."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    assert main(["samplers", "--markdown"]) == 0
+    tables = capsys.readouterr().out.replace("Samplers\n", "").strip()
+    assert tables in readme, "regenerate the README tables with `genmodels samplers --markdown`"
 
 
 def test_console_script_runs() -> None:

@@ -42,7 +42,7 @@ def sampler_rows() -> list[list[str]]:
         kind = info.kind if info else "?"
         order = str(info.order) if info else "?"
         calls = str(info.model_calls_per_step) if info else "?"
-        desc = info.description if info else ""
+        desc = "; ".join(x for x in (info.family, info.description) if x) if info else ""
         rows.append([name, ", ".join(a1111.get(name, [])), kind, order, calls, desc])
     return rows
 

@@ -36,6 +36,7 @@ from genmodels.pipelines.seeds import MAX_SEED
 
 __all__ = [
     "GenerationParameters",
+    "file_sha256",
     "format_infotext",
     "format_png_parameters",
     "model_hash",
@@ -234,13 +235,18 @@ def format_png_parameters(path: str | os.PathLike) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in d.items() if k not in skip)
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file, as hex digits."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def model_hash(path: str | os.PathLike) -> str | None:
     """A1111's short model hash (first 10 hex digits of the file's sha256); None for a folder."""
     path = Path(path)
     if not path.is_file():
         return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:10]
+    return file_sha256(path)[:10]

@@ -115,11 +115,11 @@ _I = SamplerInfo
 SAMPLER_INFO: dict[str, SamplerInfo] = {
     # k-diffusion
     "euler": _I(sample_euler, f"Euler ({_KARRAS})", "ode", 1, 1,
-                "Euler; an SDE with s_churn > 0", "Euler"),
+                "an SDE with s_churn > 0", "Euler"),
     "euler_ancestral": _I(sample_euler_ancestral, f"Euler ({_KARRAS})", "ancestral", 1, 1,
                           "Euler + ancestral noise", "Euler a"),
     "heun": _I(sample_heun, f"Heun ({_KARRAS})", "ode", 2, 2,
-               "Heun; an SDE with s_churn > 0", "Heun"),
+               "an SDE with s_churn > 0", "Heun"),
     "dpm_2": _I(sample_dpm_2, f"DPM-2 ({_KARRAS})", "ode", 2, 2,
                 "log-sigma midpoint; SDE with s_churn", "DPM2", _K,
                 discard_penultimate_sigma=True),
