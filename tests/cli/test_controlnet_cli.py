@@ -94,3 +94,12 @@ def test_bad_input_exits_2_with_one_line(files, tmp_path, capsys, case, expected
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected in err[0], err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_info_describes_a_controlnet(files, capsys) -> None:
+    from genmodels.cli.main import main as genmodels
+
+    assert genmodels(["info", str(files["xl"])]) == 0
+    out = capsys.readouterr().out
+    assert "format: ControlNet (ldm keys)" in out and "family: Stable Diffusion XL base" in out
+    assert "4x the latent size" in out

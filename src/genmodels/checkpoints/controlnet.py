@@ -25,6 +25,7 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from genmodels.checkpoints.controlnet_keys import diffusers_to_ldm_controlnet, hint_conv_indices
@@ -37,7 +38,10 @@ from genmodels.configs.controlnet import ControlNetConfig
 from genmodels.configs.unet import UNetConfig
 from genmodels.models.family import ModelFamily
 
-__all__ = ["ControlNetFile", "check_controlnet_fits", "controlnet_family", "read_controlnet"]
+__all__ = [
+    "ControlNetFile", "check_controlnet_fits", "controlnet_family", "is_controlnet",
+    "read_controlnet",
+]  # fmt: skip
 
 StateDict = dict[str, Tensor]
 PREFIX = "control_model."
@@ -61,6 +65,24 @@ def controlnet_family(config: UNetConfig) -> ModelFamily | None:
     if config.num_classes == "sequential":  # as detect.detect_family: base unless 2560 wide
         return "sdxl-refiner" if config.adm_in_channels == 2560 else "sdxl-base"
     return {768: "sd1", 1024: "sd2"}.get(config.context_dim or 0)
+
+
+def is_controlnet(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds a ControlNet (by its key names or config.json; cheap: safetensors
+    headers only). Unreadable files are not ControlNets here (the caller's reader reports)."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            cfg = path / "config.json"
+            return cfg.is_file() and read_json(cfg).get("_class_name") == "ControlNetModel"
+        if path.suffix.lower() not in (".safetensors", ".sft"):
+            return False
+        with safe_open(str(path), framework="pt") as f:
+            keys = set(f.keys())
+    except (OSError, ValueError, SafetensorError):
+        return False
+    markers = (PREFIX + _LDM_MARKER, _LDM_MARKER, _DIFFUSERS_MARKER)
+    return any(m in keys for m in markers)
 
 
 def _ldm_tensors(sd: StateDict, path: Path) -> tuple[StateDict, str]:
