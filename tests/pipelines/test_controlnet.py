@@ -212,3 +212,14 @@ def test_sdxl_controlnet_gets_the_vector_conditioning() -> None:
         LoadedControlNet(m, "xl", None, "sdxl-base", "memory"), hint)]).latents
         for m in (model, other))  # fmt: skip
     assert (a - plain).abs().max() > 1e-3 and (a - b).abs().max() > 1e-4
+
+
+def test_bf16_pipeline_gets_a_bf16_controlnet(files) -> None:
+    pipe = build_pipeline(dtype=torch.bfloat16)
+    cn = load_controlnet(files["ldm"], pipe)
+    assert all(p.dtype == torch.bfloat16 for p in cn.model.parameters())
+    ref = build_pipeline()
+    unit = ControlUnit(load_controlnet(files["ldm"], ref), files["hint"])
+    expected = txt2img(ref, "a cat", **RUN, control=[unit]).latents
+    actual = txt2img(pipe, "a cat", **RUN, control=[ControlUnit(cn, files["hint"])]).latents
+    assert (actual - expected).abs().max() < 0.1 * expected.abs().max()
