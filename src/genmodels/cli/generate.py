@@ -4,6 +4,8 @@
     genmodels img2img --ckpt model.safetensors --prompt "a cat" --init-image in.png --strength 0.6
     genmodels inpaint --ckpt model.safetensors --prompt "a cat" --init-image in.png --mask m.png
     genmodels txt2img --ckpt model.safetensors --from-png outputs/00000-1.png   # re-run it
+    genmodels txt2img --ckpt model.safetensors --prompt "a house" \
+        --controlnet control_v11p_sd15_canny.pth --control-image edges.png --control-weight 0.8
 
 Files are ``<outdir>/<index>-<seed>.png`` with the A1111 ``parameters`` text chunk, the index
 one more than the highest in the folder (grids ``grid-<index>.png`` count too), reserved
@@ -25,6 +27,7 @@ from pathlib import Path
 import torch
 
 from genmodels.cli.adapter_args import add_adapter_arguments, apply_adapters, plan_adapters
+from genmodels.cli.controlnet_args import add_control_arguments, control_specs, load_units
 from genmodels.diffusion.samplers.registry import resolve_sampler
 from genmodels.diffusion.schedules import resolve_scheduler
 from genmodels.models.tiling import TilingConfig
@@ -108,6 +111,7 @@ def _add_arguments(p: argparse.ArgumentParser, mode: str) -> None:
         p.add_argument("--strength", type=float, help="denoising strength in [0, 1]")
     if mode == "inpaint":
         p.add_argument("--mask", type=Path, required=True, help="mask: white = repaint")
+    add_control_arguments(p)
 
 
 def _options(args: argparse.Namespace) -> dict:
@@ -234,6 +238,7 @@ def _run(args: argparse.Namespace, written: list) -> int:
     limits = _limits(args)
     adapters = plan_adapters(args, opts["prompt"], opts.get("lora_hashes"), opts.get("ti_hashes"))
     opts["prompt"] = adapters.prompt
+    controls = control_specs(args, limits.max_pixels)
     pipe = load_pipeline(args.ckpt, dtype=dtype, device=device, vae=args.vae)
     apply_adapters(pipe, adapters, opts["negative_prompt"])
     if args.vae_tiling_above:
@@ -242,7 +247,7 @@ def _run(args: argparse.Namespace, written: list) -> int:
     common = dict(
         prompt=opts["prompt"], negative_prompt=opts["negative_prompt"], steps=opts["steps"],
         cfg_scale=opts["cfg"], sampler=opts["sampler"], scheduler=opts["scheduler"],
-        batch_size=args.batch_size, limits=limits,
+        batch_size=args.batch_size, limits=limits, control=load_units(controls, pipe) or None,
     )  # fmt: skip
     strength = None if args.mode == "txt2img" else opts["strength"]
     total = generate.sampling_steps(opts["steps"], strength) * args.n_iter

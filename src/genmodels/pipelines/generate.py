@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -37,6 +37,8 @@ from genmodels.diffusion.samplers.registry import resolve_sampler
 from genmodels.diffusion.sampling import sample, sampler_sigmas
 from genmodels.diffusion.schedules import resolve_scheduler
 from genmodels.pipelines.conditioning import SDXLSizeConditioning, text_conditioning
+from genmodels.pipelines.controlnet import ControlUnit, apply_control, prepare_control
+from genmodels.pipelines.controlnet_infotext import control_infotext
 from genmodels.pipelines.extra_networks import adapter_infotext, strip_extra_networks
 from genmodels.pipelines.finite import FiniteWatch, check_finite
 from genmodels.pipelines.image_reading import load_image
@@ -229,7 +231,11 @@ def _run(
     pipe: LatentDiffusionPipeline, params: GenerationParameters, batch_size: int,
     callback: Callable[[dict], None] | None, sdxl: SDXLSizeConditioning | None,
     init: Tensor | None = None, images: Tensor | None = None, mask: Tensor | None = None,
+    control: Sequence[ControlUnit] | None = None, max_pixels: int | None = None,
 ) -> GenerationResult:  # fmt: skip
+    if control:  # ControlNet units: images read and checked first; recorded as A1111 does
+        hints = prepare_control(control, params.width, params.height, batch_size, max_pixels)
+        params = replace(params, extra={**params.extra, **control_infotext(control)})
     f = pipe.vae.downsample_factor
     shape = (batch_size, pipe.vae.config.embed_dim, params.height // f, params.width // f)
     seeds = resolve_seeds(params.seed, batch_size)
@@ -256,6 +262,8 @@ def _run(
             return _finish(pipe, init, params, seeds, images, mask)
         n = len(sigmas) - 1
         sigmas = sigmas[n - sampling_steps(n, strength) :]
+    if control:
+        denoiser = apply_control(denoiser, control, hints, sigmas)
     guided = CFGDenoiser(denoiser, uncond, params.cfg_scale)
     model: Callable[..., Tensor] = guided
     keep = None
@@ -336,11 +344,15 @@ def txt2img(
     callback: Callable[[dict], None] | None = None,
     sdxl: SDXLSizeConditioning | None = None,
     limits: GenerationLimits = GenerationLimits(),  # noqa: B008 (frozen)
+    control: Sequence[ControlUnit] | None = None,
 ) -> GenerationResult:
-    """Images from noise; image i uses seed ``seed + i`` (seed None or -1: random)."""
+    """Images from noise; image i uses seed ``seed + i`` (seed None or -1: random).
+
+    ``control``: ControlNet units (``pipelines.controlnet.ControlUnit``), for every mode."""
     p = _parameters(pipe, prompt, negative_prompt, width, height, steps, cfg_scale, sampler,
                     scheduler, seed, batch_size, None, limits)  # fmt: skip
-    return _run(pipe, p, batch_size, callback, sdxl)
+    return _run(pipe, p, batch_size, callback, sdxl, control=control,
+                max_pixels=limits.max_pixels)  # fmt: skip
 
 
 def img2img(
@@ -360,6 +372,7 @@ def img2img(
     callback: Callable[[dict], None] | None = None,
     sdxl: SDXLSizeConditioning | None = None,
     limits: GenerationLimits = GenerationLimits(),  # noqa: B008 (frozen)
+    control: Sequence[ControlUnit] | None = None,
 ) -> GenerationResult:
     """Re-noise ``image`` to ``strength`` of the schedule and denoise it (A1111 semantics).
 
@@ -371,7 +384,8 @@ def img2img(
                     scheduler, seed, batch_size, strength, limits)  # fmt: skip
     images = _fit_batch(_resize(images, width, height), batch_size, "image")
     init = encode_images(pipe, images)
-    return _run(pipe, p, batch_size, callback, sdxl, init=init)
+    return _run(pipe, p, batch_size, callback, sdxl, init=init, control=control,
+                max_pixels=limits.max_pixels)  # fmt: skip
 
 
 def inpaint(
@@ -392,6 +406,7 @@ def inpaint(
     callback: Callable[[dict], None] | None = None,
     sdxl: SDXLSizeConditioning | None = None,
     limits: GenerationLimits = GenerationLimits(),  # noqa: B008 (frozen)
+    control: Sequence[ControlUnit] | None = None,
 ) -> GenerationResult:
     """Repaint where ``mask`` is 1 (white), keep where it is 0.
 
@@ -411,4 +426,5 @@ def inpaint(
     images = _fit_batch(_resize(images, width, height), batch_size, "image")
     masks = _fit_batch(_resize(masks, width, height, "bilinear"), batch_size, "mask").round()
     init = encode_images(pipe, images)
-    return _run(pipe, p, batch_size, callback, sdxl, init=init, images=images, mask=masks)
+    return _run(pipe, p, batch_size, callback, sdxl, init=init, images=images, mask=masks,
+                control=control, max_pixels=limits.max_pixels)  # fmt: skip
