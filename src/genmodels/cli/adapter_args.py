@@ -20,7 +20,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from genmodels.pipelines.extra_networks import find_lora, parse_lora_tags
+from genmodels.pipelines.extra_networks import (
+    embedding_files,
+    find_lora,
+    parse_lora_tags,
+    used_embeddings,
+)
 
 __all__ = ["AdapterPlan", "add_adapter_arguments", "apply_adapters", "plan_adapters"]
 
@@ -87,14 +92,7 @@ def plan_adapters(
 
 
 def _plan_embeddings(args: argparse.Namespace, plan: AdapterPlan, stored: str | None) -> None:
-    from genmodels.adapters.embeddings import EMBEDDING_SUFFIXES
-
-    for folder in args.embeddings_dir:
-        if not folder.is_dir():
-            raise ValueError(f"--embeddings-dir {folder}: not a folder")
-        for path in sorted(folder.iterdir()):
-            if path.suffix.lower() in EMBEDDING_SUFFIXES and path.is_file():
-                plan.embeddings.setdefault(path.stem, path)
+    plan.embeddings = embedding_files(args.embeddings_dir)
     recorded = list(_recorded(stored))
     known = {name.lower() for name in plan.embeddings}
     missing = [name for name in recorded if name.lower() not in known]
@@ -154,13 +152,6 @@ def apply_adapters(pipe, plan: AdapterPlan, negative_prompt: str = "") -> None:
     for name, path, te, unet in plan.loras:
         lora = pipe.load_lora(path, unet_weight=unet, text_weight=te)
         lora.name = name
-    if plan.embeddings:
-        from genmodels.models.text.tokenizer import CLIPTokenizer
-
-        finder = CLIPTokenizer()
-        finder.set_added_words({name: [0] for name in plan.embeddings})
-        by_word = {name.lower(): path for name, path in plan.embeddings.items()}
-        used = finder.find_added_words(plan.prompt) + finder.find_added_words(negative_prompt)
-        paths = [by_word[w] for w in dict.fromkeys(used) if w in by_word]
-        if paths:
-            pipe.load_embeddings(paths)
+    paths = used_embeddings(plan.embeddings, plan.prompt, negative_prompt)
+    if paths:
+        pipe.load_embeddings(paths)

@@ -4,6 +4,8 @@
     genmodels img2img --ckpt model.safetensors --prompt "a cat" --init-image in.png --strength 0.6
     genmodels inpaint --ckpt model.safetensors --prompt "a cat" --init-image in.png --mask m.png
     genmodels txt2img --ckpt model.safetensors --from-png outputs/00000-1.png   # re-run it
+    genmodels txt2img --ckpt model.safetensors --prompt "a house" \
+        --controlnet control_v11p_sd15_canny.pth --control-image edges.png --control-weight 0.8
 
 Files are ``<outdir>/<index>-<seed>.png`` with the A1111 ``parameters`` text chunk, the index
 one more than the highest in the folder (grids ``grid-<index>.png`` count too), reserved
@@ -26,6 +28,7 @@ import torch
 
 from genmodels.cli import generation_flags as flags
 from genmodels.cli.adapter_args import add_adapter_arguments, apply_adapters, plan_adapters
+from genmodels.cli.controlnet_args import add_control_arguments, control_specs, load_units
 from genmodels.diffusion.samplers.registry import resolve_sampler
 from genmodels.diffusion.schedules import resolve_scheduler
 from genmodels.models.tiling import TilingConfig
@@ -111,6 +114,7 @@ def _add_arguments(p: argparse.ArgumentParser, mode: str) -> None:
     if mode == "inpaint":
         p.add_argument("--mask", type=Path, required=True, help="mask: white = repaint")
     flags.add_arguments(p, mode)
+    add_control_arguments(p)
 
 
 def _options(args: argparse.Namespace) -> dict:
@@ -278,6 +282,7 @@ def _run(args: argparse.Namespace, written: list) -> int:
     opts["prompts"] = [plan.prompt for plan in plans]  # with the tags of --lora files
     flags.check_same_loras(opts["prompts"])  # --from-file: the LoRAs are applied once
     adapters, opts["prompt"] = plans[0], opts["prompts"][0]
+    controls = control_specs(args, limits.max_pixels)
     load = dict(dtype=dtype, device=device, vae=args.vae, prediction=opts["prediction"])
     pipe = load_pipeline(args.ckpt, **load)
     apply_adapters(pipe, adapters, opts["negative_prompt"])
@@ -295,7 +300,7 @@ def _run(args: argparse.Namespace, written: list) -> int:
     common = dict(
         negative_prompt=opts["negative_prompt"], steps=opts["steps"], cfg_scale=opts["cfg"],
         sampler=opts["sampler"], scheduler=opts["scheduler"], batch_size=args.batch_size,
-        limits=limits, **options,
+        limits=limits, control=load_units(controls, pipe) or None, **options,
     )  # fmt: skip
     strength = None if args.mode == "txt2img" else opts["strength"]
     hires = options.get("hires")

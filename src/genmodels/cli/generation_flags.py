@@ -194,13 +194,17 @@ def sdxl_fields(args: argparse.Namespace, stored: GenerationParameters | None) -
     return {k: v for k, v in fields.items() if v is not None}
 
 
-# read by the adapter options (cli/adapter_args.py), not by the generation settings
+# read by the adapter and ControlNet options (cli/adapter_args.py, cli/controlnet_args.py)
 _ADAPTER_FIELDS = {"Lora hashes", "TI hashes"}
+
+
+def _read_elsewhere(key: str) -> bool:
+    return key in _ADAPTER_FIELDS or re.fullmatch(r"ControlNet \d+", key) is not None
 
 
 def ignored_fields(args: argparse.Namespace, stored: GenerationParameters) -> list[str]:
     """``key: value`` of each field of a ``--from-png`` PNG that this run does not honour."""
-    out = [f"{k}: {v}" for k, v in stored.extra.items() if k not in _ADAPTER_FIELDS]
+    out = [f"{k}: {v}" for k, v in stored.extra.items() if not _read_elsewhere(k)]
     if stored.refiner_name is not None and getattr(args, "refiner", None) is None:
         out.append(f"Refiner: {stored.refiner_name} (give it with --refiner PATH)")
     if stored.hires is not None and getattr(args, "hires", None) is None:

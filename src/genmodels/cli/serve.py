@@ -30,6 +30,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--vae", type=Path, help="separate VAE file or folder")
     p.add_argument(
+        "--lora-dir",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="DIR",
+        help="folder of LoRA files for <lora:NAME:WEIGHT> prompt tags (repeatable)",
+    )
+    p.add_argument(
+        "--embeddings-dir",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="DIR",
+        help="folder of textual-inversion embeddings, used by file name",
+    )
+    p.add_argument(
         "--host",
         default="127.0.0.1",
         help="address to listen on (default 127.0.0.1: this machine only)",
@@ -94,12 +110,17 @@ def _config(args: argparse.Namespace):
     if not args.max_body_mb > 0:
         raise ValueError(f"--max-body-mb must be > 0, got {args.max_body_mb}")
     check_outdir(args.outdir)
+    for flag, folders in (("--lora-dir", args.lora_dir), ("--embeddings-dir", args.embeddings_dir)):
+        for folder in folders:
+            if not folder.is_dir():
+                raise ValueError(f"{flag} {folder} is not a folder")
     limits = NO_LIMITS if args.no_limits else GenerationLimits(max_pixels=args.max_pixels)
     return ServeConfig(
         ckpt=args.ckpt, ckpt_dir=args.ckpt_dir, vae=args.vae, device=args.device,
         dtype=args.dtype, outdir=args.outdir, limits=limits,
         max_body_bytes=max(1024, int(args.max_body_mb * 2**20)), max_queue=args.max_queue,
-        auth=parse_auth(args.api_auth),
+        auth=parse_auth(args.api_auth), lora_dirs=tuple(args.lora_dir),
+        embeddings_dirs=tuple(args.embeddings_dir),
         cors_origins=tuple(o.strip() for o in (args.cors_allow_origins or "").split(",")
                            if o.strip()),
     )  # fmt: skip

@@ -10,6 +10,8 @@ with ``strict=True`` once the prefix is stripped.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -43,61 +45,111 @@ class EmbedSequential(nn.Sequential):
         return x
 
 
+def res_block(c: UNetConfig, ch_in: int, ch_out: int, up: bool = False,
+              down: bool = False) -> ResBlock:  # fmt: skip
+    """A ResBlock of the UNet described by ``c``."""
+    return ResBlock(
+        ch_in, 4 * c.model_channels, c.dropout, ch_out, use_conv=False,
+        use_scale_shift_norm=c.use_scale_shift_norm, up=up, down=down,
+        use_checkpoint=c.use_checkpoint,
+    )  # fmt: skip
+
+
+def attention_block(
+    c: UNetConfig, ch: int, depth: int, disable_self_attn: bool
+) -> SpatialTransformer:
+    """A SpatialTransformer of the UNet described by ``c``."""
+    n_heads, d_head = c.heads(ch)
+    return SpatialTransformer(
+        ch, n_heads, d_head, depth, c.dropout, c.context_dim, disable_self_attn,
+        c.use_linear_in_transformer, c.upcast_attention, c.use_checkpoint,
+    )  # fmt: skip
+
+
+def time_embedding(c: UNetConfig) -> nn.Sequential:
+    """``time_embed``: MLP on the sinusoidal timestep embedding."""
+    mc, emb_dim = c.model_channels, 4 * c.model_channels
+    return nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+
+
+def label_embedding(c: UNetConfig) -> nn.Module | None:
+    """``label_emb``: SDXL's MLP on the vector y, a class embedding, or None."""
+    emb_dim = 4 * c.model_channels
+    if c.num_classes == "sequential":  # SDXL: MLP on the vector y (pooled text + sizes)
+        return nn.Sequential(
+            nn.Sequential(
+                nn.Linear(c.adm_in_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+            )
+        )
+    if isinstance(c.num_classes, int):
+        return nn.Embedding(c.num_classes, emb_dim)
+    return None
+
+
+def encoder_blocks(c: UNetConfig) -> tuple[nn.ModuleList, EmbedSequential, list[int]]:
+    """The encoder half: (``input_blocks``, ``middle_block``, channels of each input block's
+    output). The UNet and a ControlNet (a copy of this half) both build it here."""
+    mc = c.model_channels
+    input_blocks = nn.ModuleList([EmbedSequential(nn.Conv2d(c.in_channels, mc, 3, padding=1))])
+    skip_chans, ch = [mc], mc  # channels of each input block's output, consumed by the decoder
+    for level, mult in enumerate(c.channel_mult):
+        for _ in range(c.res_blocks(level)):
+            layers: list[nn.Module] = [res_block(c, ch, mult * mc)]
+            ch = mult * mc
+            if c.has_attention(level):
+                layers.append(attention_block(c, ch, c.depth(level), c.self_attn_disabled(level)))
+            input_blocks.append(EmbedSequential(*layers))
+            skip_chans.append(ch)
+        if level != c.levels - 1:
+            if c.resblock_updown:
+                input_blocks.append(EmbedSequential(res_block(c, ch, ch, down=True)))
+            else:
+                input_blocks.append(EmbedSequential(Downsample(ch, c.conv_resample)))
+            skip_chans.append(ch)
+    middle_block = EmbedSequential(
+        res_block(c, ch, ch),
+        attention_block(c, ch, c.middle_depth, c.disable_middle_self_attn),
+        res_block(c, ch, ch),
+    )
+    return input_blocks, middle_block, skip_chans
+
+
+def embed(
+    c: UNetConfig, time_embed: nn.Module, label_emb: nn.Module | None, timesteps: Tensor,
+    y: Tensor | None,
+) -> Tensor:  # fmt: skip
+    """The embedding ``emb`` (B, 4 * model_channels) the ResBlocks get: time (+ label / y)."""
+    dtype = time_embed[0].weight.dtype
+    emb = time_embed(timestep_embedding(timesteps, c.model_channels).to(dtype))
+    if label_emb is not None:
+        emb = emb + label_emb(y.to(dtype) if y.is_floating_point() else y)
+    return emb
+
+
 class UNetModel(nn.Module):
     """Denoising UNet: ``forward(x, timesteps, context=None, y=None) -> Tensor`` of x's shape."""
 
     def __init__(self, config: UNetConfig) -> None:
         super().__init__()
         self.config = c = config
-        mc, emb_dim = c.model_channels, 4 * c.model_channels
-        self.time_embed = nn.Sequential(
-            nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
-        )
-        self.label_emb: nn.Module | None = None
-        if c.num_classes == "sequential":  # SDXL: MLP on the vector y (pooled text + sizes)
-            self.label_emb = nn.Sequential(
-                nn.Sequential(
-                    nn.Linear(c.adm_in_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
-                )
-            )
-        elif isinstance(c.num_classes, int):
-            self.label_emb = nn.Embedding(c.num_classes, emb_dim)
-
-        self.input_blocks = nn.ModuleList(
-            [EmbedSequential(nn.Conv2d(c.in_channels, mc, 3, padding=1))]
-        )
-        skip_chans, ch = [mc], mc  # channels of each input block's output, consumed by the decoder
-        for level, mult in enumerate(c.channel_mult):
-            for _ in range(c.res_blocks(level)):
-                layers: list[nn.Module] = [self._res(ch, mult * mc)]
-                ch = mult * mc
-                if c.has_attention(level):
-                    layers.append(self._attn(ch, c.depth(level), c.self_attn_disabled(level)))
-                self.input_blocks.append(EmbedSequential(*layers))
-                skip_chans.append(ch)
-            if level != c.levels - 1:
-                if c.resblock_updown:
-                    self.input_blocks.append(EmbedSequential(self._res(ch, ch, down=True)))
-                else:
-                    self.input_blocks.append(EmbedSequential(Downsample(ch, c.conv_resample)))
-                skip_chans.append(ch)
-
-        self.middle_block = EmbedSequential(
-            self._res(ch, ch),
-            self._attn(ch, c.middle_depth, c.disable_middle_self_attn),
-            self._res(ch, ch),
-        )
+        mc = c.model_channels
+        self.time_embed = time_embedding(c)
+        self.label_emb: nn.Module | None = label_embedding(c)
+        self.input_blocks, self.middle_block, skip_chans = encoder_blocks(c)
+        ch = skip_chans[-1]
 
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(c.channel_mult))):
             for i in range(c.res_blocks(level) + 1):
-                layers = [self._res(ch + skip_chans.pop(), mult * mc)]
+                layers = [res_block(c, ch + skip_chans.pop(), mult * mc)]
                 ch = mult * mc
                 if c.has_attention(level):
-                    layers.append(self._attn(ch, c.depth(level), c.self_attn_disabled(level)))
+                    layers.append(
+                        attention_block(c, ch, c.depth(level), c.self_attn_disabled(level))
+                    )
                 if level and i == c.res_blocks(level):
                     if c.resblock_updown:
-                        layers.append(self._res(ch, ch, up=True))
+                        layers.append(res_block(c, ch, ch, up=True))
                     else:
                         layers.append(Upsample(ch, c.conv_resample))
                 self.output_blocks.append(EmbedSequential(*layers))
@@ -106,28 +158,14 @@ class UNetModel(nn.Module):
             normalization(ch), nn.SiLU(), zero_module(nn.Conv2d(mc, c.out_channels, 3, padding=1))
         )
 
-    def _res(self, ch_in: int, ch_out: int, up: bool = False, down: bool = False) -> ResBlock:
-        c = self.config
-        return ResBlock(
-            ch_in, 4 * c.model_channels, c.dropout, ch_out, use_conv=False,
-            use_scale_shift_norm=c.use_scale_shift_norm, up=up, down=down,
-            use_checkpoint=c.use_checkpoint,
-        )  # fmt: skip
-
-    def _attn(self, ch: int, depth: int, disable_self_attn: bool) -> SpatialTransformer:
-        c = self.config
-        n_heads, d_head = c.heads(ch)
-        return SpatialTransformer(
-            ch, n_heads, d_head, depth, c.dropout, c.context_dim, disable_self_attn,
-            c.use_linear_in_transformer, c.upcast_attention, c.use_checkpoint,
-        )  # fmt: skip
-
     def forward(
         self,
         x: Tensor,
         timesteps: Tensor | float,
         context: Tensor | None = None,
         y: Tensor | None = None,
+        down_residuals: Sequence[Tensor] | None = None,
+        mid_residual: Tensor | None = None,
     ) -> Tensor:
         """x: (B, in_channels, H, W); timesteps: (B,) or scalar; context: (B, S, context_dim);
         y: (B, adm_in_channels) for SDXL or (B,) class labels. Returns (B, out_channels, H, W)
@@ -137,13 +175,15 @@ class UNetModel(nn.Module):
         ``cat([pooled_text (B, 1280), timestep_embedding(time_ids.flatten(), 256).reshape(B, -1)])``
         with ``time_ids = (orig_h, orig_w, crop_top, crop_left, target_h, target_w)`` (base) or
         ``(orig_h, orig_w, crop_top, crop_left, aesthetic_score)`` (refiner).
+
+        ``down_residuals`` (one per input block) and ``mid_residual`` are added to the skip
+        connections and to the middle block's output: a ControlNet's control (ldm
+        ``ControlledUnetModel``; diffusers' ``down_block_additional_residuals`` /
+        ``mid_block_additional_residual``).
         """
         timesteps = self._check_inputs(x, timesteps, context, y)
         dtype = self.time_embed[0].weight.dtype
-        t_emb = timestep_embedding(timesteps, self.config.model_channels).to(dtype)
-        emb = self.time_embed(t_emb)  # (B, 4 * model_channels)
-        if self.label_emb is not None:
-            emb = emb + self.label_emb(y.to(dtype) if y.is_floating_point() else y)
+        emb = embed(self.config, self.time_embed, self.label_emb, timesteps, y)
         if context is not None:
             context = context.to(dtype)
 
@@ -151,7 +191,11 @@ class UNetModel(nn.Module):
         for block in self.input_blocks:
             h = block(h, emb, context)
             hs.append(h)
+        if down_residuals is not None:
+            hs = add_residuals(hs, down_residuals)
         h = self.middle_block(h, emb, context)
+        if mid_residual is not None:
+            h = add_residuals([h], [mid_residual])[0]
         for block in self.output_blocks:
             h = torch.cat([h, hs.pop()], dim=1)
             # an Upsample meets the next skip: its size (odd latent sides, diffusers' upsample_size)
@@ -213,3 +257,16 @@ class UNetModel(nn.Module):
                     f"UNetModel: expected integer class labels y of shape ({b},), got {got}"
                 )
         return timesteps
+
+
+def add_residuals(hs: list[Tensor], residuals: Sequence[Tensor]) -> list[Tensor]:
+    """``h + r`` for each pair (a ControlNet's control), counts and shapes checked."""
+    if len(residuals) != len(hs):
+        raise ValueError(f"UNetModel: expected {len(hs)} residuals, got {len(residuals)}")
+    for h, r in zip(hs, residuals):
+        if r.shape != h.shape:
+            raise ValueError(
+                f"UNetModel: a residual of shape {tuple(r.shape)} does not fit the UNet feature "
+                f"of shape {tuple(h.shape)}"
+            )
+    return [h + r.to(h.dtype) for h, r in zip(hs, residuals)]

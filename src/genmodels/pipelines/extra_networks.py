@@ -25,10 +25,12 @@ __all__ = [
     "LORA_SUFFIXES",
     "LoraTag",
     "apply_prompt_loras",
+    "embedding_files",
     "find_lora",
     "lora_hashes",
     "parse_lora_tags",
     "strip_extra_networks",
+    "used_embeddings",
 ]
 
 # A1111's re_extra_net: <type:arguments>
@@ -143,3 +145,32 @@ def adapter_infotext(
         clean = str.maketrans("", "", ":,")
         fields["TI hashes"] = ", ".join(f"{e.name.translate(clean)}: {e.short_hash}" for e in used)
     return fields
+
+
+def embedding_files(folders: Sequence[str | os.PathLike], flag: str = "--embeddings-dir") -> dict:
+    """``{name: path}`` of every embedding file (``.pt`` / ``.bin`` / ``.safetensors``) in the
+    folders, the first folder winning a name; ValueError for a folder that is not one."""
+    from genmodels.adapters.embeddings import EMBEDDING_SUFFIXES
+
+    files: dict[str, Path] = {}
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            raise ValueError(f"{flag} {folder}: not a folder")
+        for path in sorted(folder.iterdir()):
+            if path.suffix.lower() in EMBEDDING_SUFFIXES and path.is_file():
+                files.setdefault(path.stem, path)
+    return files
+
+
+def used_embeddings(files: dict[str, Path], *prompts: str) -> list[Path]:
+    """The files of ``files`` whose names the prompts use as words (A1111 matches embedding
+    names case-insensitively, as whole words of the cleaned prompt), in order of first use."""
+    if not files:
+        return []
+    from genmodels.models.text.tokenizer import CLIPTokenizer
+
+    finder = CLIPTokenizer()
+    finder.set_added_words({name: [0] for name in files})
+    by_word = {name.lower(): path for name, path in files.items()}
+    used = [w for prompt in prompts for w in finder.find_added_words(prompt)]
+    return [by_word[w] for w in dict.fromkeys(used) if w in by_word]

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -44,6 +44,8 @@ from genmodels.diffusion.samplers.registry import resolve_sampler
 from genmodels.diffusion.sampling import sampler_sigmas
 from genmodels.diffusion.schedules import resolve_scheduler
 from genmodels.pipelines.conditioning import SDXLSizeConditioning
+from genmodels.pipelines.controlnet import ControlUnit, prepare_control
+from genmodels.pipelines.controlnet_infotext import control_infotext
 from genmodels.pipelines.extra_networks import adapter_infotext
 from genmodels.pipelines.finite import check_finite
 from genmodels.pipelines.hires import HiresFix
@@ -200,7 +202,11 @@ def _run(
     callback: Callable[[dict], None] | None, init: Tensor | None = None,
     images: Tensor | None = None, mask: Tensor | None = None,
     refiner: LatentDiffusionPipeline | None = None,
+    control: Sequence[ControlUnit] | None = None, max_pixels: int | None = None,
 ) -> GenerationResult:  # fmt: skip
+    if control:  # ControlNet units: images read and checked first; recorded as A1111 does
+        hints = prepare_control(control, params.width, params.height, batch_size, max_pixels)
+        params = replace(params, extra={**params.extra, **control_infotext(control)})
     f = pipe.vae.downsample_factor
     shape = (batch_size, pipe.vae.config.embed_dim, params.height // f, params.width // f)
     seeds = resolve_seeds(params.seed, batch_size)
@@ -213,14 +219,17 @@ def _run(
         sigmas = sigmas[n - sampling_steps(n, strength) :]
     length = schedule_length(name, params.steps)  # the prompt schedule's steps (A1111)
     common = dict(schedule_steps=length, images=images, mask=mask, callback=callback)
+    ctrl = (control, hints, sigmas) if control else None  # the base model's ControlNets
     if refiner is None:
-        latents = run_pass(pipe, params, shape, sigmas, name, seeds, init=init, **common)
+        latents = run_pass(pipe, params, shape, sigmas, name, seeds, init=init, control=ctrl,
+                           **common)  # fmt: skip
     else:
         latents = base_then_refiner(pipe, refiner, params, shape, sigmas, name, seeds, init,
-                                    common)  # fmt: skip
+                                    common, ctrl)  # fmt: skip
     if params.hires is not None:
         decode = lambda x: decode_latents(pipe, x)  # noqa: E731
-        latents = hires_pass(pipe, params, latents, seeds, callback, decode)
+        latents = hires_pass(pipe, params, latents, seeds, callback, decode, control,
+                             max_pixels)  # fmt: skip
     return _finish(refiner or pipe, latents, params, seeds, images, mask)
 
 
@@ -314,20 +323,24 @@ def txt2img(
     hires: HiresFix | None = None,
     refiner: LatentDiffusionPipeline | None = None,
     refiner_switch_at: float = 0.8,
+    control: Sequence[ControlUnit] | None = None,
     **options: Any,
 ) -> GenerationResult:
     """Images from noise; image i uses seed ``seed + i`` (seed None or -1: random).
 
     ``hires``: a hires-fix second pass; ``refiner``: an SDXL refiner taking over from the
-    ``refiner_switch_at`` fraction of the schedule on; ``options``: ``clip_skip``,
-    ``guidance_rescale``, ``variation_seed``, ``variation_strength`` (see ``check_options``).
-    Prompts may use A1111 emphasis, ``BREAK``, prompt editing and alternation."""
+    ``refiner_switch_at`` fraction of the schedule on; ``control``: ControlNet units
+    (``pipelines.controlnet.ControlUnit``, for every mode; the base model's, and the hires
+    pass's at its size); ``options``: ``clip_skip``, ``guidance_rescale``, ``variation_seed``,
+    ``variation_strength``, ``eta`` (see ``check_options``). Prompts may use A1111 emphasis,
+    ``BREAK``, prompt editing and alternation."""
     p = _parameters(pipe, prompt, negative_prompt, width, height, steps, cfg_scale, sampler,
                     scheduler, seed, batch_size, None, limits, sdxl, hires=hires,
                     **refiner_fields(pipe, refiner, refiner_switch_at), **options)  # fmt: skip
     if hires is not None and refiner is not None:
         raise ValueError("hires fix with a refiner is not supported; run them one at a time")
-    return _run(pipe, p, batch_size, callback, refiner=refiner)
+    return _run(pipe, p, batch_size, callback, refiner=refiner, control=control,
+                max_pixels=limits.max_pixels)  # fmt: skip
 
 
 def img2img(
@@ -349,6 +362,7 @@ def img2img(
     limits: GenerationLimits = GenerationLimits(),  # noqa: B008 (frozen)
     refiner: LatentDiffusionPipeline | None = None,
     refiner_switch_at: float = 0.8,
+    control: Sequence[ControlUnit] | None = None,
     **options: Any,
 ) -> GenerationResult:
     """Re-noise ``image`` to ``strength`` of the schedule and denoise it (A1111 semantics).
@@ -363,7 +377,8 @@ def img2img(
                     **refiner_fields(pipe, refiner, refiner_switch_at), **options)  # fmt: skip
     images = _fit_batch(_resize(images, width, height), batch_size, "image")
     init = encode_images(pipe, images)
-    return _run(pipe, p, batch_size, callback, init=init, refiner=refiner)
+    return _run(pipe, p, batch_size, callback, init=init, refiner=refiner, control=control,
+                max_pixels=limits.max_pixels)  # fmt: skip
 
 
 def inpaint(
@@ -384,6 +399,7 @@ def inpaint(
     callback: Callable[[dict], None] | None = None,
     sdxl: SDXLSizeConditioning | None = None,
     limits: GenerationLimits = GenerationLimits(),  # noqa: B008 (frozen)
+    control: Sequence[ControlUnit] | None = None,
     **options: Any,
 ) -> GenerationResult:
     """Repaint where ``mask`` is 1 (white), keep where it is 0.
@@ -404,4 +420,5 @@ def inpaint(
     images = _fit_batch(_resize(images, width, height), batch_size, "image")
     masks = _fit_batch(_resize(masks, width, height, "bilinear"), batch_size, "mask").round()
     init = encode_images(pipe, images)
-    return _run(pipe, p, batch_size, callback, init=init, images=images, mask=masks)
+    return _run(pipe, p, batch_size, callback, init=init, images=images, mask=masks,
+                control=control, max_pixels=limits.max_pixels)  # fmt: skip

@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import torch
@@ -20,6 +20,7 @@ from torch import Tensor
 from genmodels.diffusion.noise import SeededNoiseSampler
 from genmodels.diffusion.samplers.registry import resolve_sampler
 from genmodels.diffusion.sampling import sampler_sigmas
+from genmodels.pipelines.controlnet import ControlUnit, prepare_control
 from genmodels.pipelines.hires import crop_latents, hires_sigmas, upscale_latents
 from genmodels.pipelines.latent_diffusion import LatentDiffusionPipeline
 from genmodels.pipelines.metadata import GenerationParameters
@@ -32,17 +33,18 @@ __all__ = ["base_then_refiner", "hires_pass"]
 def base_then_refiner(
     pipe: LatentDiffusionPipeline, refiner: LatentDiffusionPipeline,
     params: GenerationParameters, shape: tuple[int, ...], sigmas: Tensor, name: str,
-    seeds: list[int], init: Tensor | None, common: dict,
+    seeds: list[int], init: Tensor | None, common: dict, control: tuple | None = None,
 ) -> Tensor:  # fmt: skip
     """The base model up to the switch step, the refiner from there on: one schedule, one set
-    of noise generators (an ancestral sampler continues its noise stream)."""
+    of noise generators (an ancestral sampler continues its noise stream). ``control`` (see
+    ``run_pass``) is the base model's: a ControlNet fits one UNet."""
     k = refiner_switch_index(pipe.denoiser, sigmas, params.refiner_switch_at)
     calls = common["schedule_steps"] // params.steps  # model calls a step (A1111's count)
     noise = SeededNoiseSampler(torch.empty(shape, device=pipe.device), seeds)
     x = None
     if k > 0:
         x = run_pass(pipe, params, shape, sigmas[: k + 1], name, seeds, init=init, noise=noise,
-                     final=k == len(sigmas) - 1, **common)  # fmt: skip
+                     final=k == len(sigmas) - 1, control=control, **common)  # fmt: skip
     if k == len(sigmas) - 1:
         return x
     start = sigmas[k:] if x is not None else sigmas
@@ -53,10 +55,12 @@ def base_then_refiner(
 def hires_pass(
     pipe: LatentDiffusionPipeline, params: GenerationParameters, latents: Tensor,
     seeds: list[int], callback: Callable[[dict], None] | None,
-    decode: Callable[[Tensor], Tensor],
+    decode: Callable[[Tensor], Tensor], control: Sequence[ControlUnit] | None = None,
+    max_pixels: int | None = None,
 ) -> Tensor:  # fmt: skip
     """A1111's hires fix second pass on the first pass's latents (``decode``: latents ->
-    pixels in [0, 1], for the pixel upscalers)."""
+    pixels in [0, 1], for the pixel upscalers); ControlNet units get their control images at
+    the second pass's size (as A1111's ControlNet extension)."""
     hr = params.hires
     f = pipe.vae.downsample_factor
     (width, height), crop = hr.plan(params.width, params.height, f)
@@ -76,9 +80,13 @@ def hires_pass(
     if hr.prompt is not None or hr.negative_prompt is not None:  # A1111's "Hires prompt"
         negative = _or(hr.negative_prompt, params.negative_prompt)
         params = replace(params, prompt=_or(hr.prompt, params.prompt), negative_prompt=negative)
+    ctrl = None
+    if control:
+        h, w = upscaled.shape[-2] * f, upscaled.shape[-1] * f
+        ctrl = (control, prepare_control(control, w, h, upscaled.shape[0], max_pixels), sigmas)
     return run_pass(pipe, params, tuple(upscaled.shape), sigmas, name, seeds,
                     schedule_steps=schedule_length(params.sampler, params.steps),
-                    hires_steps=schedule_length(name, steps), init=upscaled,
+                    hires_steps=schedule_length(name, steps), init=upscaled, control=ctrl,
                     callback=callback)  # fmt: skip
 
 

@@ -10,7 +10,7 @@ per-step prompts, inpainting inputs, variation noise and the NaN watch.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -22,6 +22,7 @@ from genmodels.diffusion.noise import SeededNoiseSampler, variation_noise
 from genmodels.diffusion.samplers.registry import get_sampler
 from genmodels.diffusion.sampling import sample
 from genmodels.pipelines.conditioning import SDXLSizeConditioning
+from genmodels.pipelines.controlnet import ControlUnit, apply_control
 from genmodels.pipelines.extra_networks import strip_extra_networks
 from genmodels.pipelines.finite import FiniteWatch
 from genmodels.pipelines.latent_diffusion import LatentDiffusionPipeline
@@ -115,13 +116,15 @@ def run_pass(
     x_start: Tensor | None = None, noise: SeededNoiseSampler | None = None,
     images: Tensor | None = None, mask: Tensor | None = None,
     callback: Callable[[dict], None] | None = None, final: bool = True,
+    control: tuple[Sequence[ControlUnit], list[Tensor], Tensor] | None = None,
 ) -> Tensor:  # fmt: skip
     """Latents after sampling ``shape`` over ``sigmas`` with ``params``' prompts and guidance.
 
     ``schedule_steps`` / ``hires_steps`` / ``start_step`` place the pass on the prompt schedule;
     ``init`` (img2img) is added to the first noise, ``x_start`` replaces it (a continued run,
     with the first run's ``noise`` sampler); ``final=False`` leaves an inpainting blend to the
-    pass that finishes the image."""
+    pass that finishes the image. ``control``: (ControlNet units, their hints at this size, the
+    sigmas their start / end fractions refer to)."""
     f = pipe.vae.downsample_factor
     size = (shape[-2] * f, shape[-1] * f)
     # <lora:...> tags are applied to the weights (extra_networks), not encoded; A1111 strips
@@ -141,6 +144,8 @@ def run_pass(
             pipe, images, torch.ones(shape[0], 1, *size) if mask is None else mask, shape
         )
         denoiser = _inpaint_denoiser(pipe)
+    if control:
+        denoiser = apply_control(denoiser, *control)
     guided = ScheduledCFG(denoiser, cond, uncond, params.cfg_scale, params.guidance_rescale,
                           dict(extra), start_step)  # fmt: skip
     model: Callable[..., Tensor] = guided

@@ -26,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 
 from genmodels.pipelines.metadata import parse_infotext
 from genmodels.pipelines.preview import approximate_rgb, preview_image
+from genmodels.serve.adapters import list_loras
 from genmodels.serve.catalog import Catalog, CheckpointEntry
 from genmodels.serve.codec import b64_png, decode_b64
 from genmodels.serve.config import ServeConfig, load_model
@@ -211,6 +212,14 @@ def _routes(app: FastAPI, server: _Server) -> None:
     for path in ("upscalers", "latent-upscale-modes", "prompt-styles", "face-restorers",
                  "hypernetworks"):  # fmt: skip
         app.get(f"{api}/{path}")(_empty_list)
+
+    @app.get(f"{api}/loras")
+    async def loras() -> list:
+        return await run_in_threadpool(list_loras, server.config.lora_dirs)
+
+    @app.post(f"{api}/refresh-loras")
+    async def refresh_loras() -> None:
+        return None  # the folders are read on every request
 
     @app.get(f"{api}/sd-vae")
     async def sd_vae() -> list:

@@ -29,6 +29,8 @@ class ServeConfig:
     auth: tuple[tuple[str, str], ...] = ()  # HTTP basic credentials; empty: no auth
     cors_origins: tuple[str, ...] = ()  # origins whose pages may call the API (A1111's flag)
     vae_tiling_above: int = 2048  # VAE in tiles above this many pixels per side (0: never)
+    lora_dirs: tuple[Path, ...] = ()  # where <lora:NAME:W> tags are looked up
+    embeddings_dirs: tuple[Path, ...] = ()  # textual-inversion embeddings, used by file name
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1024:

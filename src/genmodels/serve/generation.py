@@ -33,6 +33,7 @@ from genmodels.pipelines.images import image_grid, tensor_to_pil
 from genmodels.pipelines.limits import check_generation, check_pixels
 from genmodels.pipelines.metadata import GenerationParameters, format_infotext, parse_infotext
 from genmodels.pipelines.outputs import image_name, write_output
+from genmodels.serve.adapters import check_adapters, use_adapters
 from genmodels.serve.codec import b64_png, decode_b64_image
 from genmodels.serve.config import ServeConfig
 from genmodels.serve.schemas import ImageToImageRequest, TextToImageRequest
@@ -98,6 +99,7 @@ def plan_generation(
     """Check ``req`` (against the loaded model and the limits when a model is loaded; the
     library checks again when the task runs) and decode its images; ValueError when bad."""
     check_supported(req)
+    check_adapters(req.prompt, config.lora_dirs)
     sampler, scheduler = _sampler(req)
     if model is not None:
         _check_override(req, model)
@@ -173,6 +175,8 @@ def _batch(ctx: TaskContext, plan: Generation, seed: int) -> list[tuple[Image.Im
 
 def _run(ctx: TaskContext, plan: Generation, config: ServeConfig) -> dict[str, Any]:
     req = plan.request
+    use_adapters(ctx.model.pipe, plan.template.prompt, plan.template.negative_prompt,
+                 config.lora_dirs, config.embeddings_dirs)  # fmt: skip
     results: list[tuple[Image.Image, GenerationParameters]] = []
     for it in range(req.n_iter):
         if ctx.interrupted:
