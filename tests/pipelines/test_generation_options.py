@@ -240,3 +240,21 @@ def test_eta(pipe) -> None:
     _round_trip(d)
     # a sampler without noise ignores eta (as A1111)
     assert torch.equal(txt2img(pipe, "a cat", eta=0.3, **SMALL).latents, euler.latents)
+
+
+def test_controlnet_with_hires_and_prompt_editing(pipe) -> None:
+    """ControlNet units act in the first pass and, with the image at the new size, in the
+    hires pass; a refiner run keeps them on the base model."""
+    from genmodels.pipelines.controlnet import ControlUnit
+
+    from .controlnet_files import controlnet_for
+
+    hint = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    unit = ControlUnit(controlnet_for(pipe), hint)
+    hr = HiresFix(steps=1, denoising_strength=0.5)
+    out = txt2img(pipe, "a [cat|dog]", hires=hr, control=[unit], **SMALL)
+    plain = txt2img(pipe, "a [cat|dog]", hires=hr, **SMALL)
+    assert out.images[0].size == (32, 32) and "ControlNet 0" in out.parameters[0].extra
+    assert (out.latents - plain.latents).abs().max() > 1e-4
+    split = txt2img(pipe, "a cat", refiner=pipe, refiner_switch_at=0.5, control=[unit], **SMALL)
+    assert split.latents.shape == plain.latents.shape[:2] + (4, 4)
