@@ -26,12 +26,20 @@ from genmodels.nn.updown import Downsample, Upsample
 class EmbedSequential(nn.Sequential):
     """ldm ``TimestepEmbedSequential``: ``emb`` goes to ResBlocks, ``context`` to transformers."""
 
-    def forward(self, x: Tensor, emb: Tensor, context: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        emb: Tensor,
+        context: Tensor | None = None,
+        output_size: tuple[int, int] | None = None,
+    ) -> Tensor:
         for layer in self:
             if isinstance(layer, ResBlock):
                 x = layer(x, emb)
             elif isinstance(layer, SpatialTransformer):
                 x = layer(x, context)
+            elif isinstance(layer, Upsample):
+                x = layer(x, output_size)
             else:
                 x = layer(x)
         return x
@@ -189,22 +197,26 @@ class UNetModel(nn.Module):
         if mid_residual is not None:
             h = add_residuals([h], [mid_residual])[0]
         for block in self.output_blocks:
-            h = block(torch.cat([h, hs.pop()], dim=1), emb, context)
+            h = torch.cat([h, hs.pop()], dim=1)
+            # an Upsample meets the next skip: its size (odd latent sides, diffusers' upsample_size)
+            h = block(h, emb, context, tuple(hs[-1].shape[2:]) if hs else None)
         return self.out(h).to(x.dtype)
 
     def _check_inputs(
         self, x: Tensor, timesteps: Tensor | float, context: Tensor | None, y: Tensor | None
     ) -> Tensor:
         c = self.config
-        factor = 2 ** (c.levels - 1)
         if x.ndim != 4 or x.shape[1] != c.in_channels:
             raise ValueError(
                 f"UNetModel: expected x of shape (B, {c.in_channels}, H, W), got {tuple(x.shape)}"
             )
-        if x.shape[2] % factor or x.shape[3] % factor:
+        factor = 2 ** (c.levels - 1)
+        if c.resblock_updown and (x.shape[2] % factor or x.shape[3] % factor):
+            # ResBlock up/down sampling has no output size to meet an odd skip (no reference
+            # does); conv/pool resampling takes any size, as diffusers and ComfyUI
             raise ValueError(
                 f"UNetModel: spatial size {tuple(x.shape[2:])} must be divisible by {factor} "
-                f"(2^(levels-1) for {c.levels} levels)"
+                f"with resblock_updown (2^(levels-1) for {c.levels} levels)"
             )
         b = x.shape[0]
         timesteps = torch.as_tensor(timesteps, device=x.device)
