@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,9 @@ def test_samplers_table_lists_everything(capsys: pytest.CaptureFixture[str]) -> 
     for name in [*SAMPLERS, *SCHEDULERS]:
         assert f"\n{name} " in out, name
     assert "DPM++ 2M" in out and "Euler a" in out
+    # what each A1111 name runs
+    assert re.search(r"\nDDIM +ddim_a1111 +ddim_uniform \(always, as A1111\)", out)
+    assert re.search(r"\nDPM\+\+ 2M Karras +dpmpp_2m +karras ", out)
     assert main(["samplers", "--markdown"]) == 0
     assert "| dpmpp_2m |" in capsys.readouterr().out
 

@@ -221,7 +221,7 @@ def test_inpaint_honours_width_and_height(files, tmp_path) -> None:
 def test_help_states_the_size_rule(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["txt2img", "--help"])
-    assert "multiple of 64 for SD" in capsys.readouterr().out
+    assert "any multiple of 8" in capsys.readouterr().out
 
 
 def _png_with(path: Path, text: str) -> Path:

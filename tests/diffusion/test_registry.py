@@ -102,7 +102,8 @@ def test_table_is_the_single_source():
     lower = [alias.lower() for alias in S.A1111_ALIASES]
     assert len(set(lower)) == len(lower)  # case-insensitive lookup is unambiguous
     for alias, (sampler, _) in S.A1111_ALIASES.items():  # "Euler" -> euler, never another
-        assert alias.lower() not in S.SAMPLERS or alias.lower() == sampler, alias
+        # but for "DDIM": A1111's DDIM (ddim_a1111) differs from ours / ComfyUI's "ddim"
+        assert alias.lower() not in S.SAMPLERS or alias.lower() == sampler or alias == "DDIM"
     expected = sum(1 + len(i.a1111_schedules) for i in S.SAMPLER_INFO.values() if i.a1111)
     assert len(S.A1111_ALIASES) == expected
 
@@ -113,7 +114,13 @@ def test_every_alias_resolves_to_its_row():
         assert S.resolve_sampler(alias.upper()) == (sampler, scheduler), alias
         info = S.SAMPLER_INFO[sampler]
         assert alias.startswith(info.a1111), alias
-        assert scheduler is None or scheduler in info.a1111_schedules, alias
+        assert scheduler in (None, info.a1111_scheduler) or scheduler in info.a1111_schedules
+
+
+def test_a1111_ddim_is_its_own_sampler():
+    assert S.resolve_sampler("DDIM") == ("ddim_a1111", "ddim_uniform")
+    assert S.resolve_sampler("ddim") == ("ddim", None)
+    assert S.SAMPLER_INFO["ddim_a1111"].vp_start
 
 
 def test_flags():

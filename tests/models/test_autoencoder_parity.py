@@ -53,6 +53,20 @@ def test_encode_decode_match_diffusers(pair) -> None:
         torch.testing.assert_close(dist.sample(g1), dist_ref.sample(g2), atol=1e-4, rtol=0)
 
 
+def test_any_multiple_of_8_matches_diffusers(pair) -> None:
+    """72x56 pixels <-> a 9x7 latent: every VAE level has whole pixels at multiples of 8."""
+    ref, ours = pair
+    x = torch.randn(1, 3, 56, 72)
+    z = torch.randn(1, 4, 7, 9)
+    with torch.no_grad():
+        mean = ours.encode(x).mean
+        assert mean.shape == (1, 4, 7, 9)
+        torch.testing.assert_close(mean, ref.encode(x).latent_dist.mean, atol=1e-4, rtol=0)
+        out = ours.decode(z)
+        assert out.shape == (1, 3, 56, 72)
+        torch.testing.assert_close(out, ref.decode(z).sample, atol=1e-4, rtol=0)
+
+
 def test_round_trip_and_diffusers_single_file_converter(pair) -> None:
     ref, ours = pair
     back = ldm_vae_to_diffusers(ours.state_dict())

@@ -77,9 +77,9 @@ def _pair(name: str) -> tuple[torch.nn.Module, UNetModel]:
     return ref, ours
 
 
-def _inputs(name: str, config) -> tuple[dict, dict]:
+def _inputs(name: str, config, size: tuple[int, int] = (16, 16)) -> tuple[dict, dict]:
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(2, 4, 16, 16, generator=g)
+    x = torch.randn(2, 4, *size, generator=g)
     t = torch.tensor([3.0, 977.5])
     ctx = torch.randn(2, 7, config.context_dim, generator=g)
     ref_kw: dict[str, Any] = dict(sample=x, timestep=t, encoder_hidden_states=ctx)
@@ -104,6 +104,22 @@ def test_matches_diffusers_fp32(name: str) -> None:
         expected = ref(**ref_kw).sample
         actual = ours(**ours_kw)
     assert expected.abs().max() > 0.05  # a non-trivial output
+    torch.testing.assert_close(actual, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["sd1", "sdxl"])
+@pytest.mark.parametrize("size", [(7, 9), (65, 65)], ids=["72x56", "520x520"])
+def test_any_multiple_of_8_matches_diffusers(name: str, size: tuple[int, int]) -> None:
+    """Latent sides not divisible by the UNet's 2^(levels-1): a 72x56 image (latent 9x7: the
+    skips are 9x7, 5x4, 3x2) and 520x520 (65 -> 33 -> 17). Each Upsample interpolates to its
+    skip's size as diffusers' ``upsample_size``."""
+    ref, ours = _pair(name)
+    ref_kw, ours_kw = _inputs(name, ours.config, size)
+    with torch.no_grad():
+        expected = ref(**ref_kw).sample
+        actual = ours(**ours_kw)
+    assert actual.shape == (2, 4, *size)
+    assert expected.abs().max() > 0.05
     torch.testing.assert_close(actual, expected, atol=1e-4, rtol=0)
 
 

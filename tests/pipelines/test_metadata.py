@@ -60,7 +60,7 @@ def test_parse_a1111_written_text() -> None:
                                                               30, 42)  # fmt: skip
     assert (p.sampler, p.scheduler, p.cfg_scale) == ("dpmpp_2m", "karras", 7.0)
     assert (p.width, p.height, p.model_hash) == (512, 768, "6ce0161689")
-    assert p.extra == {"Clip skip": "2", "Version": "v1.6.0"}
+    assert p.clip_skip == 2 and p.extra == {"Version": "v1.6.0"}
     # fewer than three key: value pairs on the last line -> it is part of the prompt
     assert parse_infotext("just: a prompt")["Prompt"] == "just: a prompt"
 
@@ -164,3 +164,17 @@ def test_long_lines_parse(monkeypatch) -> None:
     line = 'A: 1, -b: 2, "c": 3, d e: "x, y", f/g: "unterminated, h: 4, :5, ij:6'
     reference = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
     assert _pairs(line) == reference.findall(line)
+
+
+def test_automatic_schedule_is_the_samplers_own() -> None:
+    text = "a\nSteps: 20, Sampler: DDIM, Schedule type: Automatic, CFG scale: 7, Seed: 1"
+    p = parameters_from_infotext(text)
+    assert (p.sampler, p.scheduler) == ("ddim_a1111", "ddim_uniform")
+    p = parameters_from_infotext(text.replace("DDIM", "Euler"))
+    assert (p.sampler, p.scheduler) == ("euler", "normal")
+
+
+def test_rng_cpu_is_ours_other_rngs_are_reported() -> None:
+    text = "a\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, RNG: CPU"
+    assert parameters_from_infotext(text).extra == {}
+    assert parameters_from_infotext(text.replace("CPU", "GPU")).extra == {"RNG": "GPU"}

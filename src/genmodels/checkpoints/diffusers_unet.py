@@ -10,7 +10,7 @@ ResBlocks rename ``in_layers.0/2 -> norm1/conv1``, ``emb_layers.1 -> time_emb_pr
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import Tensor
@@ -78,29 +78,46 @@ def _prefix_pairs(config: UNetConfig) -> list[tuple[str, str, bool]]:
     return pairs
 
 
+def _ordered(pairs: list[tuple[str, str, bool]], to_ldm: bool) -> list[tuple[str, str, bool]]:
+    # Longest prefix first so that "input_blocks.1.0" never matches inside "input_blocks.1.0.op".
+    src_index, dst_index = (1, 0) if to_ldm else (0, 1)
+    ordered = sorted(pairs, key=lambda p: len(p[src_index]), reverse=True)
+    return [(p[src_index], p[dst_index], p[2]) for p in ordered]
+
+
+def _rename(key: str, ordered: list[tuple[str, str, bool]], to_ldm: bool) -> str | None:
+    for src, dst, is_resnet in ordered:
+        if key.startswith(src + "."):
+            rest = key[len(src) + 1 :]
+            if is_resnet:
+                for ldm_name, diff_name in _RESNET_RENAMES:
+                    a, b = (diff_name, ldm_name) if to_ldm else (ldm_name, diff_name)
+                    if rest.startswith(a + "."):
+                        rest = b + rest[len(a) :]
+                        break
+            return f"{dst}.{rest}"
+    return None
+
+
+def unet_key_renamer(config: UNetConfig, to_ldm: bool) -> Callable[[str], str | None]:
+    """The key rename of the two conversions below as a function of one key (a parameter key
+    or a module path followed by ``.``-separated names); ``None`` for a key outside the block
+    structure. LoRA files name UNet modules with it (``adapters.kohya_names``)."""
+    ordered = _ordered(_prefix_pairs(config), to_ldm)
+    return lambda key: _rename(key, ordered, to_ldm)
+
+
 def _convert(
     state_dict: Mapping[str, Tensor], pairs: list[tuple[str, str, bool]], to_ldm: bool
 ) -> dict[str, Tensor]:
-    src_index, dst_index = (1, 0) if to_ldm else (0, 1)
-    # Longest prefix first so that "input_blocks.1.0" never matches inside "input_blocks.1.0.op".
-    ordered = sorted(pairs, key=lambda p: len(p[src_index]), reverse=True)
+    ordered = _ordered(pairs, to_ldm)
     out: dict[str, Tensor] = {}
     for key, value in state_dict.items():
-        for pair in ordered:
-            src, dst, is_resnet = pair[src_index], pair[dst_index], pair[2]
-            if key.startswith(src + "."):
-                rest = key[len(src) + 1 :]
-                if is_resnet:
-                    for ldm_name, diff_name in _RESNET_RENAMES:
-                        a, b = (diff_name, ldm_name) if to_ldm else (ldm_name, diff_name)
-                        if rest.startswith(a + "."):
-                            rest = b + rest[len(a) :]
-                            break
-                out[f"{dst}.{rest}"] = value
-                break
-        else:
+        name = _rename(key, ordered, to_ldm)
+        if name is None:
             layout = "diffusers" if to_ldm else "LDM"
             raise ValueError(f"UNet conversion: unexpected {layout} key {key!r} for this config")
+        out[name] = value
     return out
 
 

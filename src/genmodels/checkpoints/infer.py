@@ -54,9 +54,12 @@ def _depth(sd: StateDict, block: str) -> int:
     return _max_index(sd, re.escape(block) + r"\.transformer_blocks\.(\d+)\.")
 
 
-def infer_unet_config(sd: StateDict, family: ModelFamily) -> UNetConfig:
-    """UNetConfig of an LDM-layout UNet state dict (``model.diffusion_model.`` stripped)."""
-    what = "UNet"
+def infer_unet_config(
+    sd: StateDict, family: ModelFamily, encoder_only: bool = False, what: str = "UNet"
+) -> UNetConfig:
+    """UNetConfig of an LDM-layout UNet state dict (``model.diffusion_model.`` stripped).
+    ``encoder_only``: the tensors hold only the encoder half (a ControlNet); ``out_channels``
+    is then set to ``in_channels``."""
     conv_in = _require(sd, "input_blocks.0.0.weight", what)  # (mc, in, 3, 3)
     mc, in_channels = conv_in.shape[0], conv_in.shape[1]
     widths: list[int] = []
@@ -84,7 +87,9 @@ def infer_unet_config(sd: StateDict, family: ModelFamily) -> UNetConfig:
     attn_depths = {depths[lvl] for lvl in attn_levels}
     kw: dict[str, Any] = {
         "in_channels": in_channels,
-        "out_channels": _require(sd, "out.2.weight", what).shape[0],
+        "out_channels": in_channels
+        if encoder_only
+        else _require(sd, "out.2.weight", what).shape[0],
         "model_channels": mc,
         "channel_mult": tuple(w // mc for w in widths),
         "num_res_blocks": res_counts[0] if len(set(res_counts)) == 1 else tuple(res_counts),

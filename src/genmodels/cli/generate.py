@@ -4,6 +4,8 @@
     genmodels img2img --ckpt model.safetensors --prompt "a cat" --init-image in.png --strength 0.6
     genmodels inpaint --ckpt model.safetensors --prompt "a cat" --init-image in.png --mask m.png
     genmodels txt2img --ckpt model.safetensors --from-png outputs/00000-1.png   # re-run it
+    genmodels txt2img --ckpt model.safetensors --prompt "a house" \
+        --controlnet control_v11p_sd15_canny.pth --control-image edges.png --control-weight 0.8
 
 Files are ``<outdir>/<index>-<seed>.png`` with the A1111 ``parameters`` text chunk, the index
 one more than the highest in the folder (grids ``grid-<index>.png`` count too), reserved
@@ -24,6 +26,9 @@ from pathlib import Path
 
 import torch
 
+from genmodels.cli import generation_flags as flags
+from genmodels.cli.adapter_args import add_adapter_arguments, apply_adapters, plan_adapters
+from genmodels.cli.controlnet_args import add_control_arguments, control_specs, load_units
 from genmodels.diffusion.samplers.registry import resolve_sampler
 from genmodels.diffusion.schedules import resolve_scheduler
 from genmodels.models.tiling import TilingConfig
@@ -50,7 +55,7 @@ __all__ = ["cpu_supports_bf16", "main", "register", "resolve_dtype", "run"]
 
 MODES = ("txt2img", "img2img", "inpaint")
 INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
-SIZE_RULE = "a multiple of 64 for SD 1.x/2.x/XL (VAE factor 8 x UNet downsampling 8)"
+SIZE_RULE = "any multiple of 8 (the VAE factor of SD 1.x/2.x/XL)"
 # generation options that --from-png fills in when they are not given on the command line
 DEFAULTS = dict(prompt=None, negative_prompt="", steps=20, cfg=7.0, sampler="euler",
                 scheduler=None, seed=-1, width=512, height=512, strength=None)  # fmt: skip
@@ -74,7 +79,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _add_arguments(p: argparse.ArgumentParser, mode: str) -> None:
     p.add_argument("--ckpt", type=Path, required=True, help="checkpoint file or diffusers folder")
     p.add_argument("--vae", type=Path, help="separate VAE file or folder")
-    p.add_argument("--prompt", help="the prompt (A1111 emphasis syntax and BREAK)")
+    p.add_argument("--prompt", help="the prompt: A1111 emphasis, BREAK, [from:to:when] editing, "
+                   "[a|b] alternation")  # fmt: skip
     p.add_argument("--negative-prompt", help="negative prompt (default: empty)")
     p.add_argument("--steps", type=int, help="sampling steps (default 20)")
     p.add_argument("--cfg", type=float, help="classifier-free guidance scale (default 7)")
@@ -101,16 +107,20 @@ def _add_arguments(p: argparse.ArgumentParser, mode: str) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     tiling = "VAE encode/decode in tiles when the longer side exceeds this (0: never)"
     p.add_argument("--vae-tiling-above", type=int, default=2048, metavar="PIXELS", help=tiling)
+    add_adapter_arguments(p)
     if mode != "txt2img":
         p.add_argument("--init-image", type=Path, required=True, help="the input image")
         p.add_argument("--strength", type=float, help="denoising strength in [0, 1]")
     if mode == "inpaint":
         p.add_argument("--mask", type=Path, required=True, help="mask: white = repaint")
+    flags.add_arguments(p, mode)
+    add_control_arguments(p)
 
 
 def _options(args: argparse.Namespace) -> dict:
     """Generation options: command line > --from-png > defaults."""
     opts = {k: getattr(args, k, None) for k in DEFAULTS}
+    stored = None
     if args.from_png is not None:
         try:
             stored = parameters_from_infotext(read_png_parameters(args.from_png))
@@ -119,6 +129,14 @@ def _options(args: argparse.Namespace) -> dict:
         for key, attr in _FROM_PNG.items():
             if opts[key] is None:
                 opts[key] = getattr(stored, attr)
+        opts["lora_hashes"] = stored.extra.get("Lora hashes")
+        opts["ti_hashes"] = stored.extra.get("TI hashes")
+    opts["stored"] = stored
+    opts["prediction"] = args.prediction or (stored and stored.prediction)
+    opts["prompts"] = [opts["prompt"]]
+    if args.from_file is not None:
+        opts["prompts"] = flags.read_prompt_file(args.from_file)
+        opts["prompt"] = opts["prompts"][0]
     for key, value in DEFAULTS.items():
         if opts[key] is None and not (key in ("width", "height") and args.mode != "txt2img"):
             opts[key] = value
@@ -138,10 +156,7 @@ def _limits(args: argparse.Namespace) -> GenerationLimits:
 def _check_numbers(args: argparse.Namespace, opts: dict) -> None:
     for name in ("width", "height"):
         if opts[name] is not None and (opts[name] <= 0 or opts[name] % 8):
-            raise ValueError(
-                f"--{name} must be a positive multiple of 8 (and of the model's size step: "
-                f"{SIZE_RULE}), got {opts[name]}"
-            )
+            raise ValueError(f"--{name} must be a positive multiple of 8, got {opts[name]}")
     if opts["steps"] < 1:
         raise ValueError(f"--steps must be >= 1, got {opts['steps']}")
     for name in ("batch_size", "n_iter"):
@@ -155,6 +170,32 @@ def _check_numbers(args: argparse.Namespace, opts: dict) -> None:
         check_seed(opts["seed"], args.batch_size * args.n_iter, "--seed")
     if args.vae_tiling_above < 0:
         raise ValueError(f"--vae-tiling-above must be >= 0, got {args.vae_tiling_above}")
+    _check_flags(args, opts)
+
+
+def _check_flags(args: argparse.Namespace, opts: dict) -> None:
+    """The options of ``generation_flags``, checked before loading (messages name the flag)."""
+    o = flags.generation_options(args, opts["stored"])  # HiresFix checks its own fields
+    if o["clip_skip"] < 1:
+        raise ValueError(f"--clip-skip must be >= 1 (1 = last layer), got {o['clip_skip']}")
+    for name in ("guidance_rescale", "variation_strength"):
+        if not 0.0 <= o[name] <= 1.0:  # also refuses NaN
+            raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {o[name]}")
+    if o["eta"] is not None and not 0.0 <= o["eta"] <= 1e3:
+        raise ValueError(f"--eta must be a number >= 0, got {o['eta']}")
+    if o["variation_strength"] and o["variation_seed"] is None:
+        raise ValueError("--variation-strength needs a --variation-seed")
+    if o["variation_seed"] is not None:
+        check_seed(o["variation_seed"], 1, "--variation-seed")
+    refiner = getattr(args, "refiner", None)
+    if refiner is not None and not refiner.exists():
+        raise ValueError(f"refiner checkpoint not found: {refiner}")
+    switch = getattr(args, "refiner_switch_at", None)
+    if switch is not None and not 0.0 <= switch <= 1.0:
+        raise ValueError(f"--refiner-switch-at must be in [0, 1], got {switch}")
+    if refiner is not None and o.get("hires") is not None:
+        raise ValueError("--hires with --refiner is not supported; run them one at a time")
+    opts["options"] = o
 
 
 def _check_images(args: argparse.Namespace, opts: dict, limits: GenerationLimits) -> tuple:
@@ -172,8 +213,8 @@ def _check_images(args: argparse.Namespace, opts: dict, limits: GenerationLimits
             )
     if w % 8 or h % 8:
         raise ValueError(
-            f"the image size {w}x{h} must be a multiple of 8 on both sides (and of the model's "
-            f"size step: {SIZE_RULE}); resize it or give --width/--height"
+            f"the image size {w}x{h} must be a multiple of 8 on both sides; resize it or give "
+            "--width/--height"
         )
     return w, h
 
@@ -181,7 +222,7 @@ def _check_images(args: argparse.Namespace, opts: dict, limits: GenerationLimits
 def _check(args: argparse.Namespace, opts: dict) -> tuple[torch.device, torch.dtype]:
     """Everything that can be checked before loading the model; (device, dtype)."""
     if not isinstance(opts["prompt"], str):
-        raise ValueError("give a prompt with --prompt (or --from-png IMAGE)")
+        raise ValueError("give a prompt with --prompt (or --from-png IMAGE, --from-file FILE)")
     if not args.ckpt.exists():
         raise ValueError(f"checkpoint not found: {args.ckpt}")
     _check_numbers(args, opts)
@@ -199,8 +240,14 @@ def _check(args: argparse.Namespace, opts: dict) -> tuple[torch.device, torch.dt
         resolve_scheduler(opts["scheduler"])
     check_outdir(args.outdir)
     w, h = _check_images(args, opts, limits)
+    opts["size"] = (w, h)
+    hires = opts["options"].get("hires")
+    steps = opts["steps"]
+    if hires is not None:  # the larger second pass bounds memory and pixels
+        w, h = hires.target_size(w, h)
+        steps += hires.steps or opts["steps"]
     tile = 512 if args.vae_tiling_above and max(w, h) > args.vae_tiling_above else None
-    check_generation(w, h, args.batch_size, opts["steps"], limits, ModelSize(tile_size=tile),
+    check_generation(w, h, args.batch_size, steps, limits, ModelSize(tile_size=tile),
                      device, dtype)  # fmt: skip
     if args.grid and args.batch_size * args.n_iter > 1:
         check_pixels(w * args.batch_size, h * args.n_iter, limits, "grid")
@@ -228,24 +275,46 @@ def _run(args: argparse.Namespace, written: list) -> int:
     opts = _options(args)
     device, dtype = _check(args, opts)
     limits = _limits(args)
-    pipe = load_pipeline(args.ckpt, dtype=dtype, device=device, vae=args.vae)
+    if opts["stored"] is not None:
+        flags.warn_ignored(args, opts["stored"])
+    plans = [plan_adapters(args, p, opts.get("lora_hashes"), opts.get("ti_hashes"))
+             for p in opts["prompts"]]  # fmt: skip
+    opts["prompts"] = [plan.prompt for plan in plans]  # with the tags of --lora files
+    flags.check_same_loras(opts["prompts"])  # --from-file: the LoRAs are applied once
+    adapters, opts["prompt"] = plans[0], opts["prompts"][0]
+    controls = control_specs(args, limits.max_pixels)
+    load = dict(dtype=dtype, device=device, vae=args.vae, prediction=opts["prediction"])
+    pipe = load_pipeline(args.ckpt, **load)
+    apply_adapters(pipe, adapters, opts["negative_prompt"])
     if args.vae_tiling_above:
         pipe.vae.tiling = TilingConfig(min_size=args.vae_tiling_above)
-    model_id = dict(model_hash=model_hash(args.ckpt), model_name=args.ckpt.stem)
+    model_id = dict(model_hash=model_hash(args.ckpt), model_name=args.ckpt.stem,
+                    prediction=opts["prediction"])  # fmt: skip
+    stored = opts["stored"]
+    if stored is not None and stored.model_hash not in (None, model_id["model_hash"]):
+        print(f"warning: --from-png {args.from_png} was made with model {stored.model_name} "
+              f"[{stored.model_hash}], not {args.ckpt.name}", file=sys.stderr)  # fmt: skip
+    if args.vae is not None:  # A1111: "VAE hash" (short sha256 of the file) and "VAE" (its name)
+        model_id.update(vae_hash=model_hash(args.vae), vae_name=args.vae.name)
+    options = _model_options(args, opts, pipe, load, model_id)
     common = dict(
-        prompt=opts["prompt"], negative_prompt=opts["negative_prompt"], steps=opts["steps"],
-        cfg_scale=opts["cfg"], sampler=opts["sampler"], scheduler=opts["scheduler"],
-        batch_size=args.batch_size, limits=limits,
+        negative_prompt=opts["negative_prompt"], steps=opts["steps"], cfg_scale=opts["cfg"],
+        sampler=opts["sampler"], scheduler=opts["scheduler"], batch_size=args.batch_size,
+        limits=limits, control=load_units(controls, pipe) or None, **options,
     )  # fmt: skip
     strength = None if args.mode == "txt2img" else opts["strength"]
-    total = generate.sampling_steps(opts["steps"], strength) * args.n_iter
+    hires = options.get("hires")
+    per_run = generate.sampling_steps(opts["steps"], strength)
+    per_run += 0 if hires is None else hires.steps or opts["steps"]
+    total = per_run * args.n_iter * len(opts["prompts"])
     bar = None if args.quiet else _progress(total, args.mode)
     callback = None if bar is None else (lambda info: bar.update(1))
     seed = generate.resolve_seeds(opts["seed"], args.batch_size * args.n_iter)[0]
     images, first = [], None
+    jobs = [(prompt, it) for prompt in opts["prompts"] for it in range(args.n_iter)]
     try:
-        for it in range(args.n_iter):
-            kw = dict(common, seed=seed + it * args.batch_size, callback=callback)
+        for prompt, it in jobs:  # each prompt of --from-file starts at the same seed (A1111)
+            kw = dict(common, prompt=prompt, seed=seed + it * args.batch_size, callback=callback)
             out = _generate_once(generate, pipe, args, opts, kw)
             for params, image in zip(out.parameters, out.images):
                 text = format_infotext(replace(params, **model_id))
@@ -262,6 +331,37 @@ def _run(args: argparse.Namespace, written: list) -> int:
         if bar is not None:
             bar.close()
     return 0
+
+
+def _model_options(args: argparse.Namespace, opts: dict, pipe, load: dict, model_id: dict) -> dict:
+    """Generation options that need the loaded model: the SDXL sizes and the refiner."""
+    from genmodels.pipelines.conditioning import SDXLSizeConditioning
+    from genmodels.pipelines.loading import load_pipeline
+
+    options = dict(opts["options"])
+    sizes = flags.sdxl_fields(args, opts["stored"])
+    if sizes and pipe.is_sdxl:
+        wh = sizes.get("sdxl_original_size", opts["size"])
+        target = sizes.get("sdxl_target_size")
+        options["sdxl"] = SDXLSizeConditioning(
+            original_size=(wh[1], wh[0]), crop_coords_top_left=sizes.get("sdxl_crop", (0, 0)),
+            target_size=None if target is None else (target[1], target[0]),
+            aesthetic_score=sizes.get("aesthetic_score", 6.0),
+            negative_aesthetic_score=sizes.get("negative_aesthetic_score", 2.5),
+        )  # fmt: skip
+    elif sizes:
+        print(f"warning: SDXL size settings ignored: {args.ckpt} is {pipe.model_type}",
+              file=sys.stderr)  # fmt: skip
+    refiner = getattr(args, "refiner", None)
+    if refiner is not None:
+        options["refiner"] = load_pipeline(refiner, **dict(load, prediction=None))
+        stored = opts["stored"]
+        switch = args.refiner_switch_at
+        if switch is None:
+            switch = stored.refiner_switch_at if stored and stored.refiner_switch_at else 0.8
+        options["refiner_switch_at"] = switch
+        model_id.update(refiner_hash=model_hash(refiner))
+    return options
 
 
 def _print(path: Path, bar) -> None:

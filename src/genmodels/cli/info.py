@@ -124,6 +124,31 @@ def format_info(spec: ModelSpec, info: LoadInfo, show_all: bool = False) -> str:
     return "\n".join(lines)
 
 
+def format_controlnet(path: Path) -> str:
+    """A ControlNet file or folder: family, architecture, hint encoder, dtypes, parameters."""
+    from collections import Counter
+
+    from genmodels.checkpoints.controlnet import read_controlnet
+    from genmodels.checkpoints.detect import FAMILY_NAMES
+
+    cn = read_controlnet(path)
+    c = cn.config
+    family = FAMILY_NAMES[cn.family] if cn.family else "unrecognised (non-standard widths)"
+    dtypes = Counter(str(t.dtype).removeprefix("torch.") for t in cn.state_dict.values())
+    total = sum(t.numel() for t in cn.state_dict.values())
+    widths = [c.unet.model_channels * m for m in c.unet.channel_mult]
+    return "\n".join([
+        f"path: {path}",
+        f"format: ControlNet ({cn.layout} keys)",
+        f"family: {family}",
+        f"encoder: widths {widths}, context width {c.unet.context_dim}"
+        + (f", SDXL label input {c.unet.adm_in_channels}" if c.unet.adm_in_channels else ""),
+        f"control image: {c.hint_channels} channels, {c.hint_factor}x the latent size",
+        "dtypes: " + ", ".join(f"{k} x{n}" for k, n in sorted(dtypes.items())),
+        f"parameters: {total:,}",
+    ])  # fmt: skip
+
+
 def format_run(path: Path) -> str:
     """A training run folder: task, checkpoints, newest step, artefacts."""
     from genmodels.checkpoints.run_info import describe_run
@@ -160,6 +185,11 @@ def run(args: argparse.Namespace) -> int:
 
     if path.is_dir() and not is_diffusers_folder(path) and is_run_folder(path):
         print(format_run(path))
+        return 0
+    from genmodels.checkpoints.controlnet import is_controlnet
+
+    if is_controlnet(path):
+        print(format_controlnet(path))
         return 0
     from genmodels.pipelines.loading import inspect_checkpoint
 

@@ -14,15 +14,19 @@ from genmodels.cli import (
     generate,
     import_taming,
     info,
+    merge,
     sample,
     samplers,
+    serve,
     train,
     vq_sample,
 )
 
 # Each sub-command module provides register(subparsers) and a run(args) -> int it sets as
 # the parser's default ``func``.
-COMMANDS = (demo, train, sample, samplers, info, convert, import_taming, generate, vq_sample)
+COMMANDS = (
+    demo, train, sample, samplers, info, convert, import_taming, generate, vq_sample, merge, serve,
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,7 +34,7 @@ def _table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
 def sampler_rows() -> list[list[str]]:
     a1111: dict[str, list[str]] = {}
     for display, (sampler, scheduler) in A1111_ALIASES.items():
-        if scheduler is None:
+        if scheduler == SAMPLER_INFO[sampler].a1111_scheduler:  # the plain name, no suffix
             a1111.setdefault(sampler, []).append(display)
     rows = []
     for name in SAMPLERS:
@@ -58,6 +58,20 @@ def scheduler_rows() -> list[list[str]]:
     return rows
 
 
+def a1111_rows() -> list[list[str]]:
+    """What each A1111 sampler name runs here: sampler, schedule, and how A1111 runs it."""
+    rows = []
+    for display, (sampler, scheduler) in A1111_ALIASES.items():
+        info = SAMPLER_INFO[sampler]
+        if scheduler is not None and scheduler not in info.a1111_schedules:
+            schedule = f"{scheduler} (always, as A1111)"
+        else:
+            schedule = scheduler or "the --scheduler (A1111 'Automatic': normal)"
+        desc = "; ".join(x for x in (info.family, info.description) if x)
+        rows.append([display, sampler, schedule, desc])
+    return rows
+
+
 def run(args: argparse.Namespace) -> int:
     print("Samplers")
     header = ["name", "A1111 name", "kind", "order", "calls/step", "method"]
@@ -65,4 +79,7 @@ def run(args: argparse.Namespace) -> int:
     print()
     print("Schedulers (A1111 adds ' Karras' / ' Exponential' to a sampler name for those)")
     print(_table(["name", "A1111 name", "spacing"], scheduler_rows(), args.markdown))
+    print()
+    print("A1111 sampler names (accepted wherever a sampler name is; written to PNGs)")
+    print(_table(["A1111 name", "runs", "schedule", "what it does"], a1111_rows(), args.markdown))
     return 0

@@ -30,6 +30,8 @@ __all__ = [
     "seeded_randn",
     "SeededNoiseSampler",
     "BrownianTreeNoiseSampler",
+    "slerp_noise",
+    "variation_noise",
 ]
 
 
@@ -167,3 +169,36 @@ class BrownianTreeNoiseSampler:
             w = torch.stack([tree(lo, hi) for tree in self.trees]) * sign  # (B, ...) / (1, B, ...)
         w = w if self.batched else w[0]
         return (w / (t1 - t0).abs().sqrt()).to(device=self.device, dtype=self.dtype)
+
+
+def slerp_noise(strength: float, noise: Tensor, variation: Tensor) -> Tensor:
+    """A1111's variation-seed mix: spherical interpolation from ``noise`` (strength 0) to
+    ``variation`` (strength 1) for one sample (C, H, W).
+
+    As A1111's ``slerp``, the vectors are normalised along dim 1 (the latent's rows), so each
+    (channel, column) line is interpolated on its own great circle; nearly parallel noises
+    (mean cosine > 0.9995) fall back to A1111's linear mix ``noise * t + variation * (1 - t)``.
+    """
+    if noise.shape != variation.shape:
+        raise ValueError(f"noise {tuple(noise.shape)} and variation {tuple(variation.shape)}")
+    low_norm = noise / torch.norm(noise, dim=1, keepdim=True)
+    high_norm = variation / torch.norm(variation, dim=1, keepdim=True)
+    dot = (low_norm * high_norm).sum(1)
+    if dot.mean() > 0.9995:
+        return noise * strength + variation * (1 - strength)
+    omega = torch.acos(dot)
+    so = torch.sin(omega)
+    low = (torch.sin((1.0 - strength) * omega) / so).unsqueeze(1)
+    high = (torch.sin(strength * omega) / so).unsqueeze(1)
+    return low * noise + high * variation
+
+
+def variation_noise(
+    noise: Tensor, variation_seeds: Sequence[int], strength: float
+) -> Tensor:  # fmt: skip
+    """Initial noise (B, ...) mixed with the noise of ``variation_seeds`` (one per sample) by
+    ``slerp_noise`` (A1111 "Variation seed" / "Variation seed strength")."""
+    if strength == 0:
+        return noise
+    var = seeded_randn(noise.shape, list(variation_seeds), device=noise.device, dtype=noise.dtype)
+    return torch.stack([slerp_noise(strength, n, v) for n, v in zip(noise, var)])

@@ -56,6 +56,9 @@ def sample(
     disable: bool | None = True,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    noise: SeededNoiseSampler | None = None,
+    x_start: Tensor | None = None,
+    noise_transform: Callable[[Tensor], Tensor] | None = None,
     **options: Any,
 ) -> Tensor:
     """Sample from ``denoiser`` starting at noise of ``shape`` (B, ...).
@@ -64,6 +67,11 @@ def sample(
     noise, which is how img2img starts from a partially noised image when ``sigmas[0]`` is
     below the model's sigma_max. Sampler options (eta, s_noise, s_churn, order, ...) pass
     through ``options``.
+
+    Continuing a run (an SDXL refiner taking over at a switch step): pass the first run's
+    ``noise`` sampler, so the generators go on where they stopped, and ``x_start``, the latents
+    at ``sigmas[0]``, used as they are. ``noise_transform`` maps the initial unit noise before
+    it is scaled (A1111's variation seeds).
     """
     name, _ = resolve_sampler(sampler)
     info = SAMPLER_INFO[name]
@@ -76,10 +84,20 @@ def sample(
 
     # one CPU generator per sample: its first draw is the initial noise, later draws the
     # sampler's step noise (as A1111 continues its per-image generators)
-    noise = SeededNoiseSampler(torch.empty(shape, device=device, dtype=dtype), seeds)
-    x = noise() * sigmas[0]
-    if init is not None:
-        x = x + init.to(device=device, dtype=dtype)
+    if noise is None:
+        noise = SeededNoiseSampler(torch.empty(shape, device=device, dtype=dtype), seeds)
+    if x_start is not None:
+        if tuple(x_start.shape) != shape:
+            raise ValueError(f"x_start has shape {tuple(x_start.shape)}, expected {shape}")
+        x = x_start.to(device=device, dtype=dtype)
+    else:
+        first = noise()
+        scale = sigmas[0]
+        if info.vp_start and init is None:  # A1111's timestep samplers: unit VP noise
+            scale = (1 + sigmas[0] ** 2).sqrt()
+        x = (noise_transform(first) if noise_transform is not None else first) * scale
+        if init is not None:
+            x = x + init.to(device=device, dtype=dtype)
 
     if _accepts(info.fn, "noise_sampler") and "noise_sampler" not in options:
         if info.brownian_noise:

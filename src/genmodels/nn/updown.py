@@ -17,10 +17,17 @@ class Upsample(nn.Module):
             raise ValueError("Upsample: out_channels != channels requires use_conv=True")
         self.conv = nn.Conv2d(channels, out_channels, 3, padding=1) if use_conv else None
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, output_size: tuple[int, int] | None = None) -> Tensor:
+        """``output_size``: the (H, W) of the skip connection this output meets, for latent
+        sides not divisible by the UNet's total downsampling (a stride-2 conv maps 9 -> 5, so
+        5 must go back to 9, not 10). Nearest interpolation straight to that size, then the
+        conv, as diffusers' ``Upsample2D(output_size=...)`` and ComfyUI's ``output_shape``."""
         if x.shape[1] != self.channels:
             raise ValueError(f"Upsample: expected {self.channels} channels, got {x.shape[1]}")
-        x = F.interpolate(x, scale_factor=2.0, mode="nearest")  # (B, C, 2H, 2W)
+        if output_size is None:
+            x = F.interpolate(x, scale_factor=2.0, mode="nearest")  # (B, C, 2H, 2W)
+        else:
+            x = F.interpolate(x, size=tuple(output_size), mode="nearest")  # (B, C, *output_size)
         return self.conv(x) if self.conv is not None else x
 
 

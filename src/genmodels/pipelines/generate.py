@@ -16,38 +16,54 @@ Inpainting (mask: 1 = repaint, 0 = keep): a 9-channel model gets
 ``c_concat = cat([mask, encode(image * (1 - mask))])`` next to the noisy latent (ldm / A1111);
 an ordinary model keeps the masked-out region by blending every x0 estimate with the image
 latent (A1111's CFGDenoiser mask), then the kept pixels are pasted back over the decoded image.
+
+Beyond one pass (``sampling_pass.run_pass``): ``hires=HiresFix(...)`` adds A1111's hires-fix
+second pass (``hires.py``); ``refiner=PIPE`` hands the latents to an SDXL refiner at
+``refiner_switch_at`` of the schedule (diffusers' ``denoising_end`` / ``denoising_start``: the
+same sigma schedule and noise generators, the refiner from the first step whose timestep is
+below ``round(1000 * (1 - switch))``). Prompts follow A1111's emphasis, ``BREAK``, prompt
+editing and alternation (``prompt_schedule.py``), as per-step conditioning in the CFG denoiser
+(``scheduled_cfg.py``); ``clip_skip``, ``guidance_rescale`` and A1111's variation seeds are
+options (``options.py``). Sizes: any multiple of 8.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch import Tensor, nn
+from torch import Tensor
 
-from genmodels.diffusion.denoisers import DiscreteDenoiser
-from genmodels.diffusion.guidance import CFGDenoiser
 from genmodels.diffusion.samplers.registry import resolve_sampler
-from genmodels.diffusion.sampling import sample, sampler_sigmas
+from genmodels.diffusion.sampling import sampler_sigmas
 from genmodels.diffusion.schedules import resolve_scheduler
-from genmodels.pipelines.conditioning import SDXLSizeConditioning, text_conditioning
-from genmodels.pipelines.finite import FiniteWatch, check_finite
+from genmodels.pipelines.conditioning import SDXLSizeConditioning
+from genmodels.pipelines.controlnet import ControlUnit, prepare_control
+from genmodels.pipelines.controlnet_infotext import control_infotext
+from genmodels.pipelines.extra_networks import adapter_infotext
+from genmodels.pipelines.finite import check_finite
+from genmodels.pipelines.hires import HiresFix
 from genmodels.pipelines.image_reading import load_image
 from genmodels.pipelines.images import pil_to_tensor, tensor_to_pil
 from genmodels.pipelines.latent_diffusion import LatentDiffusionPipeline
 from genmodels.pipelines.limits import GenerationLimits, ModelSize, check_generation
 from genmodels.pipelines.metadata import MAX_INFOTEXT, GenerationParameters, format_infotext
+from genmodels.pipelines.multipass import base_then_refiner, hires_pass
+from genmodels.pipelines.options import check_options, refiner_fields
+from genmodels.pipelines.sampling_pass import LatentMaskBlend, encode_images, run_pass
+from genmodels.pipelines.scheduled_cfg import schedule_length
 from genmodels.pipelines.seeds import MAX_SEED, resolve_seeds
 
 __all__ = [
     "GenerationResult", "LatentMaskBlend", "decode_latents", "encode_images", "img2img", "inpaint",
     "MAX_SEED", "model_size", "resolve_seeds", "sampling_steps", "size_multiple", "txt2img",
+    "HiresFix",
 ]  # fmt: skip
 
 ImageInput = Image.Image | Tensor | str | os.PathLike
@@ -61,36 +77,17 @@ class GenerationResult:
     parameters: list[GenerationParameters]  # one per image (its own seed)
 
 
-class LatentMaskBlend(nn.Module):
-    """Denoiser wrapper keeping ``init`` where ``keep`` is 1: D' = keep * init + (1 - keep) * D."""
-
-    def __init__(self, denoiser: Callable[..., Tensor], init: Tensor, keep: Tensor) -> None:
-        super().__init__()
-        self.denoiser, self.init, self.keep = denoiser, init, keep
-
-    def forward(self, x: Tensor, sigma: Tensor, **cond: Any) -> Tensor:
-        return self.keep * self.init + (1 - self.keep) * self.denoiser(x, sigma, **cond)
-
-
-class _ConcatInput(nn.Module):
-    """A 9-channel inpainting UNet called as ``model(x, t, c_concat=..., **cond)``."""
-
-    def __init__(self, unet: nn.Module) -> None:
-        super().__init__()
-        self.unet = unet
-
-    def forward(self, x: Tensor, t: Tensor, c_concat: Tensor, **cond: Any) -> Tensor:
-        return self.unet(torch.cat([x, c_concat.to(x.dtype)], dim=1), t, **cond)
-
-
 # -- inputs ------------------------------------------------------------------------------------
 
 
 def size_multiple(pipe: LatentDiffusionPipeline) -> int:
-    """Sizes must be multiples of this: the VAE factor times the UNet's downsampling (64 for
-    SD 1.x/2.x/XL: 8 x 8), so every UNet level has whole latent pixels."""
-    unet_factor = 2 ** (len(pipe.unet.config.channel_mult) - 1)
-    return max(8, pipe.vae.downsample_factor * unet_factor)
+    """Sizes must be multiples of this: the VAE factor (8 for SD 1.x/2.x/XL, as A1111, ComfyUI
+    and diffusers). The UNet takes any latent size: each upsampling meets its skip's size
+    (``nn.updown.Upsample``); only a ``resblock_updown`` UNet needs whole pixels at every level."""
+    f = pipe.vae.downsample_factor
+    if pipe.unet.config.resblock_updown:
+        return f * 2 ** (len(pipe.unet.config.channel_mult) - 1)
+    return max(8, f)  # 8 at least: the rule of the UIs, whatever a tiny test VAE's factor
 
 
 def model_size(pipe: LatentDiffusionPipeline) -> ModelSize:
@@ -109,10 +106,9 @@ def _check_size(pipe: LatentDiffusionPipeline, width: object, height: object) ->
     f = pipe.vae.downsample_factor
     for name, v in (("width", width), ("height", height)):
         if not isinstance(v, int) or isinstance(v, bool) or v <= 0 or v % m:
-            raise ValueError(
-                f"{name} must be a positive multiple of {m} for this model (VAE factor {f} x "
-                f"UNet downsampling {m // f}), got {v!r}"
-            )
+            why = f"VAE factor {f}" + (f" x UNet downsampling {m // f}" if m > 8 else "")
+            raise ValueError(f"{name} must be a positive multiple of {m} for this model ({why}), "
+                             f"got {v!r}")  # fmt: skip
 
 
 def _is_int(v: object) -> bool:
@@ -182,13 +178,6 @@ def sampling_steps(steps: int, strength: float | None) -> int:
 
 
 @torch.no_grad()
-def encode_images(pipe: LatentDiffusionPipeline, images: Tensor) -> Tensor:
-    """(B, 3, H, W) in [0, 1] -> diffusion latents (posterior mode), float32."""
-    x = (images * 2 - 1).to(device=pipe.device, dtype=pipe.dtype)
-    return pipe.vae.encode_latents(x, sample=False).float()
-
-
-@torch.no_grad()
 def decode_latents(pipe: LatentDiffusionPipeline, latents: Tensor) -> Tensor:
     """Latents -> (B, 3, H, W) float32 in [0, 1] on the CPU; a reduced-precision decode that
     overflows (inf/NaN) is redone in float32 (as A1111's automatic VAE upcast)."""
@@ -208,45 +197,19 @@ def decode_latents(pipe: LatentDiffusionPipeline, latents: Tensor) -> Tensor:
 # -- core --------------------------------------------------------------------------------------
 
 
-def _inpaint_denoiser(pipe: LatentDiffusionPipeline) -> DiscreteDenoiser:
-    base = pipe.denoiser
-    alphas_cumprod = 1 / (1 + base.sigmas.double() ** 2)
-    wrapped = DiscreteDenoiser(_ConcatInput(pipe.unet), alphas_cumprod, base.prediction)
-    wrapped.quantize = base.quantize
-    return wrapped.to(pipe.device)
-
-
-def _concat_cond(pipe: LatentDiffusionPipeline, images: Tensor, mask: Tensor, shape) -> Tensor:
-    """c_concat = [mask, latent of image * (1 - mask)] at latent resolution (ldm / A1111)."""
-    mask = mask.round()
-    masked = encode_images(pipe, images * (1 - mask) + 0.5 * mask)  # masked pixels: 0 in [-1, 1]
-    latent_mask = F.interpolate(mask, size=shape[-2:]).to(masked)
-    return torch.cat([latent_mask, masked], dim=1)
-
-
 def _run(
     pipe: LatentDiffusionPipeline, params: GenerationParameters, batch_size: int,
-    callback: Callable[[dict], None] | None, sdxl: SDXLSizeConditioning | None,
-    init: Tensor | None = None, images: Tensor | None = None, mask: Tensor | None = None,
+    callback: Callable[[dict], None] | None, init: Tensor | None = None,
+    images: Tensor | None = None, mask: Tensor | None = None,
+    refiner: LatentDiffusionPipeline | None = None,
+    control: Sequence[ControlUnit] | None = None, max_pixels: int | None = None,
 ) -> GenerationResult:  # fmt: skip
+    if control:  # ControlNet units: images read and checked first; recorded as A1111 does
+        hints = prepare_control(control, params.width, params.height, batch_size, max_pixels)
+        params = replace(params, extra={**params.extra, **control_infotext(control)})
     f = pipe.vae.downsample_factor
     shape = (batch_size, pipe.vae.config.embed_dim, params.height // f, params.width // f)
     seeds = resolve_seeds(params.seed, batch_size)
-    cond, uncond = text_conditioning(
-        pipe.text_encoder, pipe.model_type, [params.prompt], [params.negative_prompt],
-        (params.height, params.width), sdxl,
-    )  # fmt: skip
-    cond = {k: v.expand(batch_size, *v.shape[1:]) for k, v in cond.items()}
-    denoiser: Callable[..., Tensor] = pipe.denoiser
-    if pipe.inpainting:
-        if images is None:  # txt2img / img2img with an inpainting model: all to repaint
-            images = torch.full((batch_size, 3, params.height, params.width), 0.5)
-        if mask is None:
-            mask = torch.ones(batch_size, 1, params.height, params.width)
-        cond["c_concat"] = _concat_cond(pipe, images, mask, shape)
-        uncond["c_concat"] = cond["c_concat"]
-        uncond = {k: v.expand(batch_size, *v.shape[1:]) for k, v in uncond.items()}
-        denoiser = _inpaint_denoiser(pipe)
     name, sigmas = sampler_sigmas(pipe.denoiser, params.sampler, params.scheduler, params.steps)
     strength = params.denoising_strength
     if init is not None and strength is not None:
@@ -254,21 +217,20 @@ def _run(
             return _finish(pipe, init, params, seeds, images, mask)
         n = len(sigmas) - 1
         sigmas = sigmas[n - sampling_steps(n, strength) :]
-    guided = CFGDenoiser(denoiser, uncond, params.cfg_scale)
-    model: Callable[..., Tensor] = guided
-    keep = None
-    if mask is not None and init is not None and not pipe.inpainting:
-        keep = 1 - F.interpolate(mask, size=shape[-2:], mode="area").round().to(init)
-        model = LatentMaskBlend(guided, init, keep)
-    watch = FiniteWatch(callback, steps=len(sigmas) - 1)
-    latents = sample(
-        model, shape, sampler=name, sigmas=sigmas, seeds=seeds, init=init, extra_args=cond,
-        callback=watch, disable=True, device=pipe.device, dtype=torch.float32,
-    )  # fmt: skip
-    watch.check(latents)
-    if keep is not None:
-        latents = keep * init + (1 - keep) * latents
-    return _finish(pipe, latents, params, seeds, images, mask)
+    length = schedule_length(name, params.steps)  # the prompt schedule's steps (A1111)
+    common = dict(schedule_steps=length, images=images, mask=mask, callback=callback)
+    ctrl = (control, hints, sigmas) if control else None  # the base model's ControlNets
+    if refiner is None:
+        latents = run_pass(pipe, params, shape, sigmas, name, seeds, init=init, control=ctrl,
+                           **common)  # fmt: skip
+    else:
+        latents = base_then_refiner(pipe, refiner, params, shape, sigmas, name, seeds, init,
+                                    common, ctrl)  # fmt: skip
+    if params.hires is not None:
+        decode = lambda x: decode_latents(pipe, x)  # noqa: E731
+        latents = hires_pass(pipe, params, latents, seeds, callback, decode, control,
+                             max_pixels)  # fmt: skip
+    return _finish(refiner or pipe, latents, params, seeds, images, mask)
 
 
 def _finish(
@@ -287,6 +249,7 @@ def _parameters(
     pipe: LatentDiffusionPipeline, prompt: object, negative_prompt: object, width: int,
     height: int, steps: int, cfg_scale: float, sampler: str, scheduler: str | None,
     seed: int | None, batch_size: int, strength: float | None, limits: GenerationLimits,
+    sdxl: SDXLSizeConditioning | None = None, **options: Any,
 ) -> GenerationParameters:  # fmt: skip
     for what, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
         if not isinstance(text, str):
@@ -298,14 +261,38 @@ def _parameters(
     name, implied = resolve_sampler(sampler)  # ValueError listing the valid names
     sched = resolve_scheduler(scheduler) if scheduler else implied or "normal"
     seed = resolve_seeds(seed, batch_size)[0]
+    if sdxl is not None and not pipe.is_sdxl:
+        raise ValueError(f"SDXL size conditioning needs an SDXL model, not {pipe.model_type}")
     p = GenerationParameters(
         prompt=prompt, negative_prompt=negative_prompt, steps=steps, sampler=name,  # type: ignore[arg-type]
         scheduler=sched, cfg_scale=float(cfg_scale), seed=seed, width=width, height=height,
         denoising_strength=strength, model_name=_model_name(pipe),
+        **_sdxl_fields(sdxl), **check_options(pipe, **options),
+        extra=adapter_infotext(pipe, prompt, negative_prompt),  # type: ignore[arg-type]
     )  # fmt: skip
+    if p.hires is not None and p.hires.target_size(width, height, 1) == (width, height):
+        p = replace(p, hires=None)  # A1111: upscaling to the same size disables the hires fix
+    if p.hires is not None:
+        w, h = p.hires.target_size(width, height)
+        check_generation(w, h, batch_size, p.hires.steps or steps, limits, model_size(pipe),
+                         pipe.device, pipe.dtype)  # fmt: skip
     if len(format_infotext(p)) > MAX_INFOTEXT - 1000:  # room for the model hash and name
         raise ValueError(f"the prompts are too long to store in a PNG ({MAX_INFOTEXT} characters)")
     return p
+
+
+def _sdxl_fields(sdxl: SDXLSizeConditioning | None) -> dict[str, Any]:
+    """``SDXLSizeConditioning`` (sizes as (height, width)) as parameters fields (width, height)."""
+    if sdxl is None:
+        return {}
+    target = sdxl.target_size
+    return dict(
+        sdxl_original_size=(sdxl.original_size[1], sdxl.original_size[0]),
+        sdxl_crop=tuple(sdxl.crop_coords_top_left),
+        sdxl_target_size=None if target is None else (target[1], target[0]),
+        aesthetic_score=sdxl.aesthetic_score,
+        negative_aesthetic_score=sdxl.negative_aesthetic_score,
+    )  # fmt: skip
 
 
 def _model_name(pipe: LatentDiffusionPipeline) -> str | None:
@@ -333,11 +320,27 @@ def txt2img(
     callback: Callable[[dict], None] | None = None,
     sdxl: SDXLSizeConditioning | None = None,
     limits: GenerationLimits = GenerationLimits(),  # noqa: B008 (frozen)
+    hires: HiresFix | None = None,
+    refiner: LatentDiffusionPipeline | None = None,
+    refiner_switch_at: float = 0.8,
+    control: Sequence[ControlUnit] | None = None,
+    **options: Any,
 ) -> GenerationResult:
-    """Images from noise; image i uses seed ``seed + i`` (seed None or -1: random)."""
+    """Images from noise; image i uses seed ``seed + i`` (seed None or -1: random).
+
+    ``hires``: a hires-fix second pass; ``refiner``: an SDXL refiner taking over from the
+    ``refiner_switch_at`` fraction of the schedule on; ``control``: ControlNet units
+    (``pipelines.controlnet.ControlUnit``, for every mode; the base model's, and the hires
+    pass's at its size); ``options``: ``clip_skip``, ``guidance_rescale``, ``variation_seed``,
+    ``variation_strength``, ``eta`` (see ``check_options``). Prompts may use A1111 emphasis,
+    ``BREAK``, prompt editing and alternation."""
     p = _parameters(pipe, prompt, negative_prompt, width, height, steps, cfg_scale, sampler,
-                    scheduler, seed, batch_size, None, limits)  # fmt: skip
-    return _run(pipe, p, batch_size, callback, sdxl)
+                    scheduler, seed, batch_size, None, limits, sdxl, hires=hires,
+                    **refiner_fields(pipe, refiner, refiner_switch_at), **options)  # fmt: skip
+    if hires is not None and refiner is not None:
+        raise ValueError("hires fix with a refiner is not supported; run them one at a time")
+    return _run(pipe, p, batch_size, callback, refiner=refiner, control=control,
+                max_pixels=limits.max_pixels)  # fmt: skip
 
 
 def img2img(
@@ -357,18 +360,25 @@ def img2img(
     callback: Callable[[dict], None] | None = None,
     sdxl: SDXLSizeConditioning | None = None,
     limits: GenerationLimits = GenerationLimits(),  # noqa: B008 (frozen)
+    refiner: LatentDiffusionPipeline | None = None,
+    refiner_switch_at: float = 0.8,
+    control: Sequence[ControlUnit] | None = None,
+    **options: Any,
 ) -> GenerationResult:
     """Re-noise ``image`` to ``strength`` of the schedule and denoise it (A1111 semantics).
 
-    ``width`` / ``height`` default to the image's size; otherwise the image is resized."""
+    ``width`` / ``height`` default to the image's size; otherwise the image is resized.
+    ``refiner`` and ``options`` as for ``txt2img``."""
     strength = _check_strength(strength)
     images = _as_images(image, "RGB", "image", limits)
     width, height = width or images.shape[-1], height or images.shape[-2]
     p = _parameters(pipe, prompt, negative_prompt, width, height, steps, cfg_scale, sampler,
-                    scheduler, seed, batch_size, strength, limits)  # fmt: skip
+                    scheduler, seed, batch_size, strength, limits, sdxl,
+                    **refiner_fields(pipe, refiner, refiner_switch_at), **options)  # fmt: skip
     images = _fit_batch(_resize(images, width, height), batch_size, "image")
     init = encode_images(pipe, images)
-    return _run(pipe, p, batch_size, callback, sdxl, init=init)
+    return _run(pipe, p, batch_size, callback, init=init, refiner=refiner, control=control,
+                max_pixels=limits.max_pixels)  # fmt: skip
 
 
 def inpaint(
@@ -389,6 +399,8 @@ def inpaint(
     callback: Callable[[dict], None] | None = None,
     sdxl: SDXLSizeConditioning | None = None,
     limits: GenerationLimits = GenerationLimits(),  # noqa: B008 (frozen)
+    control: Sequence[ControlUnit] | None = None,
+    **options: Any,
 ) -> GenerationResult:
     """Repaint where ``mask`` is 1 (white), keep where it is 0.
 
@@ -404,8 +416,9 @@ def inpaint(
         )
     width, height = width or images.shape[-1], height or images.shape[-2]
     p = _parameters(pipe, prompt, negative_prompt, width, height, steps, cfg_scale, sampler,
-                    scheduler, seed, batch_size, strength, limits)  # fmt: skip
+                    scheduler, seed, batch_size, strength, limits, sdxl, **options)  # fmt: skip
     images = _fit_batch(_resize(images, width, height), batch_size, "image")
     masks = _fit_batch(_resize(masks, width, height, "bilinear"), batch_size, "mask").round()
     init = encode_images(pipe, images)
-    return _run(pipe, p, batch_size, callback, sdxl, init=init, images=images, mask=masks)
+    return _run(pipe, p, batch_size, callback, init=init, images=images, mask=masks,
+                control=control, max_pixels=limits.max_pixels)  # fmt: skip

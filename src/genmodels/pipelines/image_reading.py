@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import warnings
@@ -23,7 +24,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
-__all__ = ["load_image", "open_regular", "to_8bit"]
+__all__ = ["decode_image", "load_image", "open_regular", "to_8bit"]
 
 _HIGH_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
@@ -77,22 +78,32 @@ def _pil_errors(name: str) -> Iterator[None]:
         raise ValueError(f"cannot read image {name!r}: {exc}") from None
 
 
+def _read(f: BinaryIO, name: str, mode: str, max_pixels: int | None) -> Image.Image:
+    with _pil_errors(name):
+        im = Image.open(f)  # the header only
+    with im:
+        w, h = im.size
+        if max_pixels is not None and w * h > max_pixels:
+            raise ValueError(
+                f"image {name!r} is {w}x{h} = {w * h} pixels, more than the limit of "
+                f"{max_pixels} (--max-pixels; --no-limits to allow)"
+            )
+        with _pil_errors(name):
+            im.load()
+            return to_8bit(im, mode)
+
+
 def load_image(
     path: str | os.PathLike, mode: str = "RGB", max_pixels: int | None = None
 ) -> Image.Image:
     """Read an image file fully into 8-bit ``mode`` (ValueError naming the file on any
     problem: missing, not a regular file, unreadable, more than ``max_pixels`` pixels)."""
-    name = os.fspath(path)
     with open_regular(path, "image") as f:
-        with _pil_errors(name):
-            im = Image.open(f)  # the header only
-        with im:
-            w, h = im.size
-            if max_pixels is not None and w * h > max_pixels:
-                raise ValueError(
-                    f"image {name!r} is {w}x{h} = {w * h} pixels, more than the limit of "
-                    f"{max_pixels} (--max-pixels; --no-limits to allow)"
-                )
-            with _pil_errors(name):
-                im.load()
-                return to_8bit(im, mode)
+        return _read(f, os.fspath(path), mode, max_pixels)
+
+
+def decode_image(
+    data: bytes, mode: str = "RGB", max_pixels: int | None = None, name: str = "image"
+) -> Image.Image:
+    """``load_image`` for the bytes of an image file (an upload, a base64 field)."""
+    return _read(io.BytesIO(data), name, mode, max_pixels)

@@ -3,6 +3,7 @@ images: ``image_reading``)."""
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Sequence
@@ -16,7 +17,9 @@ from torch import Tensor
 from genmodels.checkpoints.atomic import write_atomic
 from genmodels.pipelines.image_reading import load_image
 
-__all__ = ["image_grid", "load_image", "pil_to_tensor", "save_png", "tensor_to_pil"]
+__all__ = [
+    "encode_png", "image_grid", "load_image", "pil_to_tensor", "save_png", "tensor_to_pil",
+]  # fmt: skip
 
 
 def pil_to_tensor(image: Image.Image, mode: str = "RGB") -> Tensor:
@@ -53,13 +56,26 @@ def image_grid(images: Sequence[Image.Image], cols: int | None = None) -> Image.
     return grid
 
 
+def _png_info(parameters: str | None) -> PngImagePlugin.PngInfo | None:
+    """The A1111 ``parameters`` text chunk (None: no chunk)."""
+    if parameters is None:
+        return None
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", parameters)
+    return info
+
+
 def save_png(image: Image.Image, path: str | os.PathLike, parameters: str | None = None) -> Path:
     """Write a PNG atomically (temporary file in the same folder, then rename), with an
     optional A1111 ``parameters`` text chunk."""
     path = Path(path)
-    info = None
-    if parameters is not None:
-        info = PngImagePlugin.PngInfo()
-        info.add_text("parameters", parameters)
+    info = _png_info(parameters)
     write_atomic(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
     return path
+
+
+def encode_png(image: Image.Image, parameters: str | None = None) -> bytes:
+    """The bytes of ``image`` as a PNG file, with an optional ``parameters`` text chunk."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=_png_info(parameters))
+    return buffer.getvalue()

@@ -13,11 +13,14 @@ from any checkpoint.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from genmodels.adapters.embeddings import EmbeddingStore, LoadedEmbedding
+from genmodels.adapters.lora import AppliedLora, LoraStack
 from genmodels.diffusion.denoisers import DiscreteDenoiser
 from genmodels.models.autoencoder_kl import AutoencoderKL
 from genmodels.models.family import ModelFamily
@@ -61,6 +64,10 @@ class LatentDiffusionPipeline:
     device: torch.device
     info: LoadInfo
     zero_terminal_snr: bool = False
+    lora_stack: LoraStack = field(default_factory=LoraStack, repr=False, compare=False)
+    embedding_store: EmbeddingStore = field(
+        default_factory=EmbeddingStore, repr=False, compare=False
+    )
 
     @property
     def scale_factor(self) -> float:
@@ -95,6 +102,45 @@ class LatentDiffusionPipeline:
         for module in (self.unet, self.vae, self.text_encoder, self.denoiser):
             module.eval()
         return self
+
+    def load_lora(
+        self,
+        path: str | os.PathLike,
+        weight: float = 1.0,
+        *,
+        unet_weight: float | None = None,
+        text_weight: float | None = None,
+        strict: bool = False,
+    ) -> AppliedLora:
+        """Merge a LoRA / LyCORIS file (kohya, A1111, diffusers / PEFT) into the UNet and text
+        encoder(s); ``unet_weight`` / ``text_weight`` override ``weight`` for one side. LoRAs
+        stack; ``unload_loras`` restores the original weights. See ``genmodels.adapters.lora``."""
+        texts = [e.model for e in self.text_encoder.embedders]
+        return self.lora_stack.apply(
+            path, self.unet, texts, self.model_type,
+            weight if unet_weight is None else unet_weight,
+            weight if text_weight is None else text_weight, strict,
+        )  # fmt: skip
+
+    def unload_loras(self) -> None:
+        """Remove every applied LoRA: the original weights come back bit for bit."""
+        self.lora_stack.unload()
+
+    @property
+    def loras(self) -> list[AppliedLora]:
+        """The applied LoRAs, in order."""
+        return list(self.lora_stack.applied)
+
+    def load_embeddings(self, paths: os.PathLike | str | list) -> list[LoadedEmbedding]:
+        """Add textual-inversion embeddings (A1111 ``.pt`` / ``.safetensors``, diffusers
+        ``learned_embeds``); each is then used by its file name in prompts. See
+        ``genmodels.adapters.embeddings``."""
+        paths = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+        return self.embedding_store.load(paths, self.text_encoder, self.model_type)
+
+    def unload_embeddings(self) -> None:
+        """Remove every embedding (the original token tables come back)."""
+        self.embedding_store.unload(self.text_encoder)
 
     # Generation lives in genmodels.pipelines.generate (functions over this container); these
     # are the methods users of diffusers/A1111 reach for.

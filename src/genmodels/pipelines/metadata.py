@@ -29,13 +29,15 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from genmodels.diffusion.samplers.registry import A1111_ALIASES, resolve_sampler
+from genmodels.diffusion.samplers.registry import SAMPLER_INFO, resolve_sampler
 from genmodels.diffusion.schedules import A1111_SCHEDULER_ALIASES, resolve_scheduler
+from genmodels.pipelines.hires import UPSCALERS, HiresFix
 from genmodels.pipelines.image_reading import open_regular
 from genmodels.pipelines.seeds import MAX_SEED
 
 __all__ = [
     "GenerationParameters",
+    "file_sha256",
     "format_infotext",
     "format_png_parameters",
     "model_hash",
@@ -53,7 +55,7 @@ _RUN = re.compile(r"\s*([\w \-/]*)")  # optional blanks, then a run of key chara
 _WORD = re.compile(r"\w")
 _VALUE = re.compile(r'\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _SIZE = re.compile(r"^(\d+)x(\d+)$")
-_SAMPLER_NAMES = {v[0]: k for k, v in A1111_ALIASES.items() if v[1] is None}
+_SAMPLER_NAMES = {k: v.a1111 for k, v in SAMPLER_INFO.items() if v.a1111 is not None}
 _SCHEDULER_NAMES = {"karras": "Karras", "exponential": "Exponential", "normal": "Automatic"}
 _SCHEDULER_NAMES |= {v: k for k, v in A1111_SCHEDULER_ALIASES.items() if v not in _SCHEDULER_NAMES}
 
@@ -74,6 +76,23 @@ class GenerationParameters:
     denoising_strength: float | None = None  # img2img / inpaint only
     model_hash: str | None = None
     model_name: str | None = None
+    vae_hash: str | None = None  # A1111 "VAE hash" / "VAE" of a separate --vae file
+    vae_name: str | None = None
+    clip_skip: int = 1  # A1111 numbering: 1 = last layer
+    guidance_rescale: float = 0.0  # "CFG Rescale phi" (Lin et al. 2023)
+    variation_seed: int | None = None  # A1111 "Variation seed" (subseed)
+    variation_strength: float = 0.0  # A1111 "Variation seed strength"
+    hires: HiresFix | None = None  # txt2img second pass; its strength is "Denoising strength"
+    refiner_name: str | None = None  # A1111 "Refiner: NAME [HASH]"
+    refiner_hash: str | None = None
+    refiner_switch_at: float | None = None
+    sdxl_original_size: tuple[int, int] | None = None  # (width, height); None: the image size
+    sdxl_crop: tuple[int, int] | None = None  # (top, left) as sgm / diffusers; None: (0, 0)
+    sdxl_target_size: tuple[int, int] | None = None  # (width, height); None: the image size
+    aesthetic_score: float | None = None  # refiner; None: 6.0 (sgm / diffusers default)
+    negative_aesthetic_score: float | None = None  # refiner; None: 2.5
+    prediction: str | None = None  # "eps" / "v" when overriding the checkpoint's
+    eta: float | None = None  # the sampler's eta (A1111 "Eta" / "Eta DDIM"); None: its default
     extra: dict[str, str] = field(default_factory=dict)  # other infotext keys, kept verbatim
 
 
@@ -108,9 +127,18 @@ def _unquote(text: str) -> str:
         return text
 
 
-def format_infotext(p: GenerationParameters) -> str:
-    """The A1111 ``parameters`` text of ``p``."""
-    fields: dict[str, object] = {
+def _size(v: tuple[int, int] | None) -> str | None:
+    return None if v is None else f"{v[0]}x{v[1]}"
+
+
+def _fields(p: GenerationParameters) -> dict[str, object]:
+    """Infotext keys in A1111's order; None values are left out."""
+    hr = p.hires
+    refiner = None
+    if p.refiner_name is not None:
+        refiner = p.refiner_name + (f" [{p.refiner_hash}]" if p.refiner_hash else "")
+    strength = hr.denoising_strength if hr is not None else p.denoising_strength
+    return {
         "Steps": p.steps,
         "Sampler": _SAMPLER_NAMES.get(p.sampler, p.sampler),
         "Schedule type": _SCHEDULER_NAMES.get(p.scheduler, p.scheduler),
@@ -119,9 +147,42 @@ def format_infotext(p: GenerationParameters) -> str:
         "Size": f"{p.width}x{p.height}",
         "Model hash": p.model_hash,
         "Model": p.model_name,
-        "Denoising strength": p.denoising_strength,
+        "VAE hash": p.vae_hash,
+        "VAE": p.vae_name,
+        "Variation seed": p.variation_seed if p.variation_strength else None,
+        "Variation seed strength": p.variation_strength or None,
+        "Denoising strength": strength,
+        "Eta DDIM" if p.sampler.startswith("ddim") else "Eta": p.eta,
+        "Clip skip": p.clip_skip if p.clip_skip > 1 else None,
+        "CFG Rescale phi": p.guidance_rescale or None,
+        "Hires upscale": None if hr is None or hr.resize is not None else hr.scale,
+        "Hires resize": None if hr is None else _size(hr.resize),
+        "Hires steps": None if hr is None or not hr.steps else hr.steps,
+        "Hires upscaler": None if hr is None else hr.upscaler,
+        "Hires sampler": None if hr is None or hr.sampler is None else _sampler_name(hr.sampler),
+        "Hires schedule type": None if hr is None or hr.scheduler is None
+        else _SCHEDULER_NAMES.get(hr.scheduler, hr.scheduler),
+        "Hires prompt": None if hr is None else hr.prompt,
+        "Hires negative prompt": None if hr is None else hr.negative_prompt,
+        "Refiner": refiner,
+        "Refiner switch at": p.refiner_switch_at if refiner is not None else None,
+        "SDXL original size": _size(p.sdxl_original_size),
+        "SDXL crop top left": _size(p.sdxl_crop),
+        "SDXL target size": _size(p.sdxl_target_size),
+        "Aesthetic score": p.aesthetic_score,
+        "Negative aesthetic score": p.negative_aesthetic_score,
+        "Prediction": p.prediction,
         **p.extra,
-    }
+    }  # fmt: skip
+
+
+def _sampler_name(name: str) -> str:
+    return _SAMPLER_NAMES.get(name, name)
+
+
+def format_infotext(p: GenerationParameters) -> str:
+    """The A1111 ``parameters`` text of ``p``."""
+    fields = _fields(p)
     line = ", ".join(f"{k}: {_quote(str(v))}" for k, v in fields.items() if v is not None)
     negative = f"\nNegative prompt: {p.negative_prompt}" if p.negative_prompt else ""
     text = f"{p.prompt}{negative}\n{line}"
@@ -162,7 +223,16 @@ def parse_infotext(text: str) -> dict[str, str]:
 
 
 _KNOWN = {"Prompt", "Negative prompt", "Steps", "Sampler", "Schedule type", "CFG scale", "Seed",
-          "Size", "Size-1", "Size-2", "Model hash", "Model", "Denoising strength"}  # fmt: skip
+          "Size", "Size-1", "Size-2", "Model hash", "Model", "Denoising strength", "VAE hash",
+          "VAE", "Variation seed", "Variation seed strength", "Clip skip", "CFG Rescale phi",
+          "Hires upscale", "Hires steps", "Hires upscaler", "Hires sampler", "Hires resize",
+          "Hires resize-1", "Hires resize-2", "Hires prompt", "Hires negative prompt",
+          "Hires schedule type", "Refiner", "Refiner switch at", "Prediction",
+          "Aesthetic score", "Negative aesthetic score", "RNG", "Eta", "Eta DDIM"}  # fmt: skip
+_SIZE_KEYS = {"SDXL original size": "sdxl_original_size", "SDXL crop top left": "sdxl_crop",
+              "SDXL target size": "sdxl_target_size"}  # fmt: skip
+_KNOWN |= {f"{k}{suffix}" for k in _SIZE_KEYS for suffix in ("", "-1", "-2")}
+_REFINER = re.compile(r"^(.*?)(?: \[([0-9a-fA-F]+)\])?$", re.S)
 
 
 def _number(d: dict[str, str], key: str, default: float, kind: type, lo: float, hi: float):
@@ -178,6 +248,54 @@ def _number(d: dict[str, str], key: str, default: float, kind: type, lo: float, 
     return value
 
 
+def _pair(d: dict[str, str], key: str) -> tuple[int, int] | None:
+    if key not in d:
+        return None
+    if f"{key}-1" not in d:
+        raise ValueError(f"{key}: {d[key][:40]!r} is not WIDTHxHEIGHT")
+    return (_number(d, f"{key}-1", 0, int, 0, 2**31 - 1),
+            _number(d, f"{key}-2", 0, int, 0, 2**31 - 1))  # fmt: skip
+
+
+def _hires(d: dict[str, str]) -> HiresFix | None:
+    if "Hires upscale" not in d and "Hires upscaler" not in d and "Hires resize" not in d:
+        return None
+    sampler = scheduler = None
+    upscaler = d.get("Hires upscaler", "Latent")
+    if upscaler not in UPSCALERS:  # e.g. an ESRGAN model: the closest we have is a pixel resize
+        upscaler = "Lanczos"
+    if "Hires sampler" in d:
+        sampler, scheduler = resolve_sampler(d["Hires sampler"])
+    if "Hires schedule type" in d:
+        scheduler = resolve_scheduler(d["Hires schedule type"])
+    return HiresFix(
+        scale=_number(d, "Hires upscale", 2.0, float, 1e-3, 64.0),
+        resize=_pair(d, "Hires resize"),
+        prompt=d.get("Hires prompt"), negative_prompt=d.get("Hires negative prompt"),
+        upscaler=upscaler,
+        steps=_number(d, "Hires steps", 0, int, 0, 2**31 - 1),
+        denoising_strength=_number(d, "Denoising strength", 0.7, float, 1e-6, 1.0),
+        sampler=sampler, scheduler=scheduler,
+    )  # fmt: skip
+
+
+def _substituted(key: str, d: dict[str, str]) -> bool:
+    """A known key whose value we cannot honour (kept in ``extra`` so that it is reported):
+    an upscaler we do not have, or an A1111 RNG other than its "CPU" one (ours: per-image CPU
+    generators)."""
+    if key == "RNG":
+        return d[key] != "CPU"
+    return key == "Hires upscaler" and d[key] not in UPSCALERS
+
+
+def _refiner(d: dict[str, str]) -> tuple[str | None, str | None, float | None]:
+    if "Refiner" not in d:
+        return None, None, None
+    m = _REFINER.match(d["Refiner"])
+    switch = _number(d, "Refiner switch at", 0.8, float, 0.0, 1.0)
+    return m.group(1), m.group(2), switch  # type: ignore[union-attr]
+
+
 def parameters_from_infotext(text: str) -> GenerationParameters:
     """Parse an infotext into parameters; old-style sampler names ("DPM++ 2M Karras") and the
     "Schedule type" key both resolve to registry names. Numbers are range-checked."""
@@ -186,8 +304,15 @@ def parameters_from_infotext(text: str) -> GenerationParameters:
     d = parse_infotext(text)
     try:
         sampler, implied = resolve_sampler(d.get("Sampler", "Euler"))
-        scheduler = resolve_scheduler(d["Schedule type"]) if "Schedule type" in d else implied
-        strength = _number(d, "Denoising strength", None, float, 0.0, 1.0)
+        scheduler = implied
+        if d.get("Schedule type", "Automatic").strip().lower() != "automatic":
+            scheduler = resolve_scheduler(d["Schedule type"])  # "Automatic": the sampler's own
+        hires = _hires(d)
+        strength = None if hires else _number(d, "Denoising strength", None, float, 0.0, 1.0)
+        refiner, refiner_hash, switch = _refiner(d)
+        prediction = d.get("Prediction")
+        if prediction not in (None, "eps", "v"):
+            raise ValueError(f"Prediction: {prediction[:20]!r} is not eps or v")
         return GenerationParameters(
             prompt=d["Prompt"], negative_prompt=d["Negative prompt"],
             steps=_number(d, "Steps", 20, int, 1, 2**31 - 1), sampler=sampler,
@@ -198,7 +323,22 @@ def parameters_from_infotext(text: str) -> GenerationParameters:
             height=_number(d, "Size-2", 512, int, 1, 2**31 - 1),
             denoising_strength=strength,
             model_hash=d.get("Model hash"), model_name=d.get("Model"),
-            extra={k: v for k, v in d.items() if k not in _KNOWN},
+            vae_hash=d.get("VAE hash"), vae_name=d.get("VAE"),
+            clip_skip=_number(d, "Clip skip", 1, int, 1, 64),
+            guidance_rescale=_number(d, "CFG Rescale phi", 0.0, float, 0.0, 1.0),
+            variation_seed=_number(d, "Variation seed", None, int, 0, MAX_SEED),
+            variation_strength=_number(d, "Variation seed strength", 0.0, float, 0.0, 1.0),
+            hires=hires, refiner_name=refiner, refiner_hash=refiner_hash,
+            refiner_switch_at=switch,
+            sdxl_original_size=_pair(d, "SDXL original size"),
+            sdxl_crop=_pair(d, "SDXL crop top left"),
+            sdxl_target_size=_pair(d, "SDXL target size"),
+            aesthetic_score=_number(d, "Aesthetic score", None, float, -1e6, 1e6),
+            negative_aesthetic_score=_number(d, "Negative aesthetic score", None, float, -1e6,
+                                             1e6),
+            prediction=prediction,
+            eta=_number(d, "Eta DDIM" if "Eta DDIM" in d else "Eta", None, float, 0.0, 1e3),
+            extra={k: v for k, v in d.items() if k not in _KNOWN or _substituted(k, d)},
         )  # fmt: skip
     except (KeyError, ValueError) as exc:
         raise ValueError(f"not a valid A1111 parameters text ({exc}): {text!r:.120}") from None
@@ -234,13 +374,18 @@ def format_png_parameters(path: str | os.PathLike) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in d.items() if k not in skip)
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file, as hex digits."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def model_hash(path: str | os.PathLike) -> str | None:
     """A1111's short model hash (first 10 hex digits of the file's sha256); None for a folder."""
     path = Path(path)
     if not path.is_file():
         return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:10]
+    return file_sha256(path)[:10]

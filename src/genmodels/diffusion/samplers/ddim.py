@@ -37,7 +37,7 @@ from genmodels.diffusion.samplers.common import (
     validate_sigmas,
 )
 
-__all__ = ["sample_ddim", "sample_ddpm", "sample_lcm", "check_eta"]
+__all__ = ["sample_ddim", "sample_ddim_a1111", "sample_ddpm", "sample_lcm", "check_eta"]
 
 
 def check_eta(eta: float) -> None:
@@ -84,6 +84,40 @@ def sample_ddim(
         if sigma_next > 0 and eta > 0:
             x = x + noise_sampler(sigma, sigma_next) * (s_noise * sigma_up)
     return x
+
+
+@torch.no_grad()
+def sample_ddim_a1111(
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    extra_args: dict | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+    eta: float = 0.0,
+    noise_sampler: NoiseSampler | None = None,
+) -> Tensor:
+    """A1111's "DDIM" (stable-diffusion-webui >= 1.6, ``sd_samplers_timesteps``) in sigma space.
+
+    With ldm's ``ddim_uniform`` timesteps ``tau = 1, 1 + c, ...`` (c = 1000 // steps; the
+    ``ddim_uniform`` schedule gives their sigmas, then 0), A1111 evaluates the model at every
+    timestep but the first, ``len(tau) - 1`` DDIM steps, so the last one lands on ``tau_0 = 1``:
+    ``alphas_cumprod[1]``, not sigma 0. That noisy variance-preserving sample
+    ``x_vp = x / sqrt(1 + sigma^2)`` is what A1111 decodes, and what this returns. (ldm's own
+    DDIMSampler, A1111 < 1.6, takes one step more, to ``alphas_cumprod[0]``.) A1111 starts
+    txt2img from unit variance-preserving noise, ``x = noise * sqrt(1 + sigma_max^2)``: the
+    registry marks this sampler ``vp_start`` so that ``sampling.sample`` scales it so. A
+    schedule that does not end with 0 (the base model's part before a refiner takes over) runs
+    plain DDIM steps, its end converted by the part that ends the schedule.
+    """
+    if sigmas[-1] != 0:  # part of a schedule (a refiner continues): plain DDIM steps
+        return sample_ddim(model, x, sigmas, extra_args, callback, disable, eta,
+                           noise_sampler=noise_sampler)  # fmt: skip
+    positive = sigmas[:-1]  # the last step, to sigma 0, is the one A1111 does not take
+    if len(positive) >= 2:
+        x = sample_ddim(model, x, positive, extra_args, callback, disable, eta,
+                        noise_sampler=noise_sampler)  # fmt: skip
+    return x / (1 + positive[-1] ** 2).sqrt()
 
 
 @torch.no_grad()

@@ -15,7 +15,12 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from genmodels.diffusion.samplers.ddim import sample_ddim, sample_ddpm, sample_lcm
+from genmodels.diffusion.samplers.ddim import (
+    sample_ddim,
+    sample_ddim_a1111,
+    sample_ddpm,
+    sample_lcm,
+)
 from genmodels.diffusion.samplers.dpm_solver import sample_dpm_adaptive, sample_dpm_fast
 from genmodels.diffusion.samplers.dpmpp import (
     sample_dpmpp_2m,
@@ -68,6 +73,9 @@ class SamplerInfo:
     ``a1111_schedules`` the schedules A1111 offers as "<name> Karras" / "<name> Exponential".
     uses_sigma_range: called as ``fn(model, x, sigma_min, sigma_max, ...)`` instead of ``sigmas``.
     steps_as_n: with ``uses_sigma_range``, the step count is passed as ``n`` (``dpm_fast``).
+    a1111_scheduler: the schedule A1111's name always uses (its timestep samplers ignore the
+    schedule type). vp_start: A1111's timestep samplers start txt2img from unit noise in the
+    variance-preserving chain, ``noise * sqrt(1 + sigma_0^2)`` in sigma space.
     discard_penultimate_sigma: schedule one step more and drop the next-to-last sigma, as A1111
     ("discard_next_to_last_sigma", the second-order DPM2) and ComfyUI (DPM2, UniPC) do, because
     the last step to sigma=0 would waste the second model call.
@@ -84,6 +92,8 @@ class SamplerInfo:
     uses_sigma_range: bool = False
     steps_as_n: bool = False
     discard_penultimate_sigma: bool = False
+    a1111_scheduler: str | None = None  # the schedule the A1111 name implies (None: caller's)
+    vp_start: bool = False  # txt2img starts from unit VP noise: x = noise * sqrt(1 + sigma_0^2)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -144,7 +154,11 @@ SAMPLER_INFO: dict[str, SamplerInfo] = {
     "dpmpp_3m_sde": _I(sample_dpmpp_3m_sde, _DPMPP, "sde", 1, 3,
                        "3M SDE (globally 2nd order as written)", "DPM++ 3M SDE", _KE),
     # beyond k-diffusion (ComfyUI / diffusers names)
-    "ddim": _I(sample_ddim, "DDIM (Song et al. 2020)", "ode", 1, 1, a1111="DDIM"),
+    "ddim": _I(sample_ddim, "DDIM (Song et al. 2020)", "ode", 1, 1,
+               "DDIM in sigma space down to sigma 0 (ComfyUI ddim)"),
+    "ddim_a1111": _I(sample_ddim_a1111, "DDIM (Song et al. 2020)", "ode", 1, 1,
+                     "A1111's DDIM: ddim_uniform timesteps, ends at alphas_cumprod[1]",
+                     a1111="DDIM", a1111_scheduler="ddim_uniform", vp_start=True),
     "ddpm": _I(sample_ddpm, "DDPM (Ho et al. 2020)", "ancestral", 1, 1),
     "lcm": _I(sample_lcm, "LCM (Luo et al. 2023)", "ancestral", 1, 1, a1111="LCM"),
     "plms": _I(sample_plms, "PNDM (Liu et al. 2022)", "ode", 1, 4, a1111="PLMS"),
@@ -168,7 +182,7 @@ def _a1111_aliases() -> dict[str, tuple[str, str | None]]:
     for name, info in SAMPLER_INFO.items():
         if info.a1111 is None:
             continue
-        aliases[info.a1111] = (name, None)
+        aliases[info.a1111] = (name, info.a1111_scheduler)
         for schedule in info.a1111_schedules:
             aliases[f"{info.a1111} {schedule.capitalize()}"] = (name, schedule)
     return aliases
@@ -192,6 +206,8 @@ def resolve_sampler(name: str) -> tuple[str, str | None]:
     key = name.strip()
     if key in SAMPLERS:
         return key, None
+    if key in A1111_ALIASES:  # before the case-insensitive names: "DDIM" is A1111's, "ddim" ours
+        return A1111_ALIASES[key]
     if key.lower() in SAMPLERS:
         return key.lower(), None
     if key.lower() in _ALIASES_LOWER:

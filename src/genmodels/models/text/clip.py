@@ -140,8 +140,8 @@ class CLIPTextModel(nn.Module):
             )
 
     def forward(self, input_ids: Tensor, output_hidden_states: bool = False) -> CLIPTextOutput:
-        """Run all layers; pooled output taken at ``input_ids.argmax(-1)`` (the first EOS for the
-        CLIP vocabulary, as open_clip/sgm and HF do)."""
+        """Run all layers; pooled output taken at ``input_ids.argmax(-1)`` over the vocabulary's
+        ids (the first EOS for the CLIP vocabulary, as open_clip/sgm and HF do)."""
         self._check_ids(input_ids)
         tm = self.text_model
         x = tm.embeddings(input_ids)  # (B, T, D)
@@ -150,7 +150,9 @@ class CLIPTextModel(nn.Module):
             x = layer(x)
             hidden.append(x)
         last = tm.final_layer_norm(x)
-        pooled = last[torch.arange(last.shape[0], device=last.device), input_ids.argmax(dim=-1)]
+        # ids past the vocabulary (textual-inversion embeddings) never mark the EOS
+        eos = torch.where(input_ids < self.config.vocab_size, input_ids, -1).argmax(dim=-1)
+        pooled = last[torch.arange(last.shape[0], device=last.device), eos]
         embeds = self.text_projection(pooled) if self.text_projection is not None else None
         return CLIPTextOutput(last, pooled, embeds, tuple(hidden) if output_hidden_states else None)
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import gzip
 import html
+import re
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from genmodels.configs.text import BOS_TOKEN_ID, CONTEXT_LENGTH, EOS_TOKEN_ID
 
 DEFAULT_BPE_PATH = Path(__file__).with_name("bpe_simple_vocab_16e6.txt.gz")
 NUM_MERGES = 49152 - 256 - 2  # merges used by CLIP: vocab 49408 = 512 byte symbols + merges + 2
+VOCAB_SIZE = 512 + NUM_MERGES + 2  # ids from here on are added words (embeddings)
 SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
 # The reference compiles its pattern with IGNORECASE. On lower-cased text that matters twice:
 # "'ſ" (long s folds to s) is the contraction "'s", and U+0345 (Mn, folds to a letter) matches
@@ -155,6 +157,23 @@ class CLIPTokenizer:
         self.context_length = context_length
         self.comma_token_id = self.encoder[",</w>"]
         self._cache: dict[str, list[str]] = {}
+        self.added_words: dict[str, list[int]] = {}
+        self._added: re.Pattern[str] | None = None
+
+    def set_added_words(self, words: Mapping[str, Sequence[int]]) -> None:
+        """Words that encode to fixed ids (textual-inversion embeddings, ids past the
+        vocabulary): matched whole-word and case-insensitively in the cleaned text, before BPE,
+        as A1111 finds an embedding's name among the prompt's tokens."""
+        self.added_words = {clean_text(w): list(ids) for w, ids in words.items() if w.strip()}
+        names = sorted(self.added_words, key=len, reverse=True)
+        alternatives = "|".join(map(re.escape, names))
+        self._added = re.compile(rf"(?<!\w)({alternatives})(?!\w)") if names else None
+
+    def find_added_words(self, text: str) -> list[str]:
+        """The added words that ``text`` uses, in order of appearance."""
+        if self._added is None:
+            return []
+        return self._added.findall(clean_text(text, self.html_unescape))
 
     @property
     def vocab_size(self) -> int:
@@ -187,8 +206,17 @@ class CLIPTokenizer:
         """Token ids of ``text`` without BOS/EOS."""
         if not isinstance(text, str):
             raise ValueError(f"prompt must be a str, got {type(text).__name__}")
+        cleaned = clean_text(text, self.html_unescape)
+        if self._added is None:
+            return self._encode_clean(cleaned)
         ids: list[int] = []
-        for piece in pre_tokenize(clean_text(text, self.html_unescape)):
+        for i, part in enumerate(self._added.split(cleaned)):  # odd parts: added words
+            ids.extend(self.added_words[part] if i % 2 else self._encode_clean(part))
+        return ids
+
+    def _encode_clean(self, cleaned: str) -> list[int]:
+        ids: list[int] = []
+        for piece in pre_tokenize(cleaned):
             if piece in SPECIAL_TOKENS:
                 ids.append(self.encoder[piece])
                 continue
@@ -228,16 +256,36 @@ class CLIPTokenizer:
         return torch.tensor([self.wrap(c) for c in chunks], dtype=torch.long)
 
 
+def _added_run(ids: list[int], i: int, vocab_size: int) -> int:
+    """Length of the added-word run starting at ``i`` (0 for a vocabulary token): consecutive
+    ids past the vocabulary. Embeddings get id ranges with a gap between them
+    (``adapters.embeddings``), so one run is one embedding."""
+    if ids[i] < vocab_size:
+        return 0
+    j = i + 1
+    while j < len(ids) and ids[j] == ids[j - 1] + 1:
+        j += 1
+    return j - i
+
+
 def split_chunks(
-    ids: list[int], chunk_length: int, comma_id: int, comma_backtrack: int = 20
+    ids: list[int],
+    chunk_length: int,
+    comma_id: int,
+    comma_backtrack: int = 20,
+    vocab_size: int = VOCAB_SIZE,
 ) -> list[list[int]]:
-    """Split ids into chunks of at most ``chunk_length`` (A1111 rules, see ``tokenize_chunks``)."""
+    """Split ids into chunks of at most ``chunk_length`` (A1111 rules, see ``tokenize_chunks``).
+    An added word (a textual-inversion embedding: ids from ``vocab_size`` on) that does not fit
+    in the current chunk starts the next one whole, as A1111's ``tokenize_line``."""
     if comma_backtrack < 0:
         raise ValueError(f"comma_backtrack must be >= 0, got {comma_backtrack}")
     chunks: list[list[int]] = []
     chunk: list[int] = []
     last_comma = -1
-    for tok in ids:
+    i = 0
+    while i < len(ids):
+        tok = ids[i]
         if tok == comma_id:
             last_comma = len(chunk)
         elif (
@@ -251,7 +299,16 @@ def split_chunks(
         if len(chunk) == chunk_length:
             chunks.append(chunk)
             chunk, last_comma = [], -1
+        run = _added_run(ids, i, vocab_size)
+        if 1 < run <= chunk_length:  # an embedding: kept whole
+            if len(chunk) + run > chunk_length:
+                chunks.append(chunk)
+                chunk, last_comma = [], -1
+            chunk.extend(ids[i : i + run])
+            i += run
+            continue
         chunk.append(tok)
+        i += 1
     if chunk or not chunks:
         chunks.append(chunk)
     return chunks
