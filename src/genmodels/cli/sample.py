@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     x = sample_cond(
         tr.denoiser, (args.n, *tr.sample_shape), cond, uncond, steps=steps,
         guidance_scale=guidance, sampler=args.sampler, scheduler=scheduler, seed=args.seed,
-        cfg_cutoff=args.cfg_cutoff, cache=deep_cache(args),
+        cfg_cutoff=args.cfg_cutoff or 0.0, cache=(cache := deep_cache(args)),
     )  # fmt: skip
     x = tr.decode(x)
     check_finite(x, "the sampled images (NaN/Inf weights in the run's checkpoint?)")
@@ -142,9 +142,9 @@ def run(args: argparse.Namespace) -> int:
             "sampler": args.sampler, "scheduler": scheduler, "steps": steps, "cfg": guidance,
             "seed": args.seed + i,
         }  # fmt: skip
-        if args.cache_interval > 1:
-            params |= {"cache_interval": args.cache_interval, "cache_depth": args.cache_depth}
-        if args.cfg_cutoff > 0:
+        if cache is not None:
+            params |= {"cache_interval": cache.interval, "cache_depth": cache.depth}
+        if args.cfg_cutoff:
             params["cfg_cutoff"] = args.cfg_cutoff
         print(write_output(args.outdir, image_name(args.seed + i), image, json.dumps(params)))
     if args.grid:
