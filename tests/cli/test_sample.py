@@ -147,4 +147,31 @@ def test_bad_inputs_are_clear_errors(class_run, tmp_path, capsys):
     assert "more than the limit" in error(str(class_run), "--scale", "1000")  # 8 px x 1000
     assert "--cfg must be a finite number" in error(str(class_run), "--cfg", "nan")
     assert "--steps must be in [1, 10000]" in error(str(class_run), "--steps", "10000000")
+    assert "--cache-interval must be >= 1" in error(str(class_run), "--cache-interval", "0")
+    assert "--cache-depth must be >= 1" in error(str(class_run), "--cache-depth", "0")
+    assert "--cfg-cutoff must be a finite" in error(str(class_run), "--cfg-cutoff", "-1")
+    assert "below the UNet's 4 input blocks" in error(
+        str(class_run), "--cache-interval", "2", "--cache-depth", "4"
+    )
     assert not any(tmp_path.glob("*.png"))
+
+
+def test_acceleration_flags_are_recorded_and_off_by_default(class_run, tmp_path):
+    base = ["sample", str(class_run), "--class", "3", "--steps", "4", "--cfg", "2", "--n", "1"]
+    runs = {
+        "exact": [],
+        "interval1": ["--cache-interval", "1", "--cache-depth", "2"],  # interval 1: no caching
+        "cutoff0": ["--cfg-cutoff", "0"],
+        "cached": ["--cache-interval", "2", "--cache-depth", "1", "--cfg-cutoff", "0.5"],
+    }
+    images = {}
+    for name, extra in runs.items():
+        assert main([*base, *extra, "--outdir", str(tmp_path / name)]) == 0
+        images[name], params = _png(tmp_path / name / "00000-0.png")
+        if name == "cached":
+            assert params["cache_interval"] == 2 and params["cache_depth"] == 1
+            assert params["cfg_cutoff"] == 0.5
+        else:
+            assert not {"cache_interval", "cache_depth", "cfg_cutoff"} & set(params)
+    assert np.array_equal(images["interval1"], images["exact"])
+    assert np.array_equal(images["cutoff0"], images["exact"])

@@ -93,3 +93,32 @@ def test_bad_input() -> None:
         CFGDenoiser(den, {"y": torch.zeros(1, 3)}, scale=3.0)(
             torch.randn(1, 4, 8, 8), torch.ones(1), context=torch.randn(1, 7, 16)
         )
+
+
+def test_cfg_cutoff_skips_the_uncond_pass_below_its_sigma() -> None:
+    from genmodels.diffusion.guidance import CFGDenoiser, cfg_cutoff_range
+
+    calls: list[int] = []
+
+    def denoiser(x: torch.Tensor, sigma: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape[0])
+        return x * c.view(-1, 1) / (1 + sigma.view(-1, 1))
+
+    x, cond, uncond = torch.ones(2, 3), {"c": torch.full((2,), 2.0)}, {"c": torch.zeros(1)}
+    off = CFGDenoiser(denoiser, uncond, 5.0)
+    assert cfg_cutoff_range(0) is None  # a cut-off at sigma 0 is no cut-off
+    at_zero = CFGDenoiser(denoiser, uncond, 5.0, sigma_range=cfg_cutoff_range(0.0))
+    for sigma in (3.0, 0.5, 0.0):
+        assert torch.equal(
+            at_zero(x, torch.tensor(sigma), **cond), off(x, torch.tensor(sigma), **cond)
+        )
+    cut = CFGDenoiser(denoiser, uncond, 5.0, sigma_range=cfg_cutoff_range(1.0))
+    calls.clear()
+    cut(x, torch.tensor(2.0), **cond)  # above: both passes in one batch
+    cut(x, torch.tensor(1.0), **cond)  # at the cut-off: still guided
+    below = cut(x, torch.tensor(0.5), **cond)  # below: the conditional pass alone
+    assert calls == [4, 4, 2]
+    assert torch.equal(below, denoiser(x, torch.tensor([0.5, 0.5]), cond["c"]))
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="CFG cut-off"):
+            cfg_cutoff_range(bad)

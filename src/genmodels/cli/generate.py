@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from genmodels.cli import generation_flags as flags
+from genmodels.cli.acceleration import add_acceleration_arguments, check_acceleration
 from genmodels.cli.adapter_args import add_adapter_arguments, apply_adapters, plan_adapters
 from genmodels.cli.controlnet_args import add_control_arguments, control_specs, load_units
 from genmodels.diffusion.samplers.registry import resolve_sampler
@@ -115,6 +116,7 @@ def _add_arguments(p: argparse.ArgumentParser, mode: str) -> None:
         p.add_argument("--mask", type=Path, required=True, help="mask: white = repaint")
     flags.add_arguments(p, mode)
     add_control_arguments(p)
+    add_acceleration_arguments(p)
 
 
 def _options(args: argparse.Namespace) -> dict:
@@ -175,6 +177,7 @@ def _check_numbers(args: argparse.Namespace, opts: dict) -> None:
 
 def _check_flags(args: argparse.Namespace, opts: dict) -> None:
     """The options of ``generation_flags``, checked before loading (messages name the flag)."""
+    check_acceleration(args)
     o = flags.generation_options(args, opts["stored"])  # HiresFix checks its own fields
     if o["clip_skip"] < 1:
         raise ValueError(f"--clip-skip must be >= 1 (1 = last layer), got {o['clip_skip']}")

@@ -173,6 +173,9 @@ def generation_options(
         variation_seed=_pick(args.variation_seed, s and s.variation_seed, None),
         variation_strength=_pick(args.variation_strength, s and s.variation_strength, 0.0),
         eta=_pick(args.eta, s and s.eta, None),
+        cfg_cutoff=_pick(args.cfg_cutoff, s and s.cfg_cutoff, 0.0),
+        cache_interval=_pick(args.cache_interval, s and s.cache_interval, 1),
+        cache_depth=_pick(args.cache_depth, s and s.cache_depth, 1),
     )
     hires = _hires(args, s)
     if hires is not None:

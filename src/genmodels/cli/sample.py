@@ -21,6 +21,7 @@ import math
 import torch
 from PIL import Image
 
+from genmodels.cli.acceleration import add_acceleration_arguments, check_acceleration, deep_cache
 from genmodels.diffusion.samplers.registry import resolve_sampler
 from genmodels.pipelines.finite import check_finite
 from genmodels.pipelines.images import image_grid, tensor_to_pil
@@ -54,6 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scale", type=int, default=1, help="enlarge the PNGs (nearest)")
     p.add_argument("--grid", action="store_true", help="also write grid-NNNNN.png")
     p.add_argument("--outdir", default="samples")
+    add_acceleration_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -94,6 +96,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--steps must be in [1, {MAX_STEPS}], got {args.steps}")
     if args.cfg is not None and not (math.isfinite(args.cfg) and args.cfg >= 0):
         raise ValueError(f"--cfg must be a finite number >= 0, got {args.cfg}")
+    check_acceleration(args)
     check_seed(args.seed, args.n, "--seed")
     check_outdir(args.outdir)
 
@@ -123,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
     x = sample_cond(
         tr.denoiser, (args.n, *tr.sample_shape), cond, uncond, steps=steps,
         guidance_scale=guidance, sampler=args.sampler, scheduler=scheduler, seed=args.seed,
+        cfg_cutoff=args.cfg_cutoff or 0.0, cache=(cache := deep_cache(args)),
     )  # fmt: skip
     x = tr.decode(x)
     check_finite(x, "the sampled images (NaN/Inf weights in the run's checkpoint?)")
@@ -138,6 +142,10 @@ def run(args: argparse.Namespace) -> int:
             "sampler": args.sampler, "scheduler": scheduler, "steps": steps, "cfg": guidance,
             "seed": args.seed + i,
         }  # fmt: skip
+        if cache is not None:
+            params |= {"cache_interval": cache.interval, "cache_depth": cache.depth}
+        if args.cfg_cutoff:
+            params["cfg_cutoff"] = args.cfg_cutoff
         print(write_output(args.outdir, image_name(args.seed + i), image, json.dumps(params)))
     if args.grid:
         # classes in turn: one column per class; otherwise about square

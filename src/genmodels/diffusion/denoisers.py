@@ -16,6 +16,7 @@ Every denoiser also exposes what schedules need (``sigma_min``, ``sigma_max``, `
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Protocol
 
 import torch
@@ -23,7 +24,9 @@ from torch import Tensor, nn
 
 from .schedules import shift_flow_t
 
-__all__ = ["Denoiser", "DiscreteDenoiser", "FlowDenoiser", "KarrasDenoiser", "append_dims"]
+__all__ = [
+    "Denoiser", "DiscreteDenoiser", "FlowDenoiser", "KarrasDenoiser", "append_dims", "with_model",
+]  # fmt: skip
 
 PREDICTIONS = ("eps", "v", "x0")
 
@@ -35,6 +38,18 @@ class Denoiser(Protocol):
     sigma_max: float
 
     def __call__(self, x: Tensor, sigma: Tensor, **cond: Any) -> Tensor: ...
+
+
+def with_model(denoiser: nn.Module, model: nn.Module) -> nn.Module:
+    """A copy of a denoiser wrapper (``DiscreteDenoiser``, ``KarrasDenoiser``, ``FlowDenoiser``)
+    around another network, sharing its schedule; the original is left untouched. Used to put a
+    per-run wrapper (``models.feature_cache.CachedModel``) between a denoiser and its UNet."""
+    if not isinstance(getattr(denoiser, "model", None), nn.Module):
+        raise TypeError(f"{type(denoiser).__name__} has no .model network to replace")
+    new = copy.copy(denoiser)
+    new._modules = dict(denoiser._modules)  # copy.copy shares the submodule table
+    new.model = model
+    return new
 
 
 def append_dims(v: Tensor, ndim: int) -> Tensor:

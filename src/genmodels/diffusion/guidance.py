@@ -17,6 +17,7 @@ With an effective scale of 1 only the conditional branch is evaluated.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,7 +26,7 @@ from torch import Tensor, nn
 
 from .denoisers import append_dims
 
-__all__ = ["CFGDenoiser", "concat_cond", "rescale_guidance"]
+__all__ = ["CFGDenoiser", "cfg_cutoff_range", "concat_cond", "rescale_guidance"]
 
 
 def concat_cond(cond: Mapping[str, Any], uncond: Mapping[str, Any]) -> dict[str, Any]:
@@ -76,6 +77,16 @@ def rescale_guidance(
     v_rescaled = v_cfg * (std_cond / std_cfg)
     v = phi * v_rescaled + (1 - phi) * v_cfg
     return a**2 * x - b * v
+
+
+def cfg_cutoff_range(cutoff: float) -> tuple[float, float] | None:
+    """The guidance interval of a CFG cut-off: guidance only at sigma >= ``cutoff``; below it the
+    unconditional pass is skipped (A1111's "negative guidance minimum sigma", ComfyUI's CFG
+    cut-off: late steps change little under guidance). 0 is no cut-off."""
+    cutoff = float(cutoff)
+    if not math.isfinite(cutoff) or cutoff < 0:
+        raise ValueError(f"the CFG cut-off must be a finite sigma >= 0, got {cutoff}")
+    return (cutoff, math.inf) if cutoff > 0 else None
 
 
 class CFGDenoiser(nn.Module):

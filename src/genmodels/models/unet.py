@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from genmodels.configs.unet import UNetConfig
+from genmodels.models.feature_cache import DeepCache
 from genmodels.nn.embeddings import timestep_embedding
 from genmodels.nn.normalization import normalization
 from genmodels.nn.resnet import ResBlock, zero_module
@@ -166,6 +167,7 @@ class UNetModel(nn.Module):
         y: Tensor | None = None,
         down_residuals: Sequence[Tensor] | None = None,
         mid_residual: Tensor | None = None,
+        cache: DeepCache | None = None,
     ) -> Tensor:
         """x: (B, in_channels, H, W); timesteps: (B,) or scalar; context: (B, S, context_dim);
         y: (B, adm_in_channels) for SDXL or (B,) class labels. Returns (B, out_channels, H, W)
@@ -180,6 +182,10 @@ class UNetModel(nn.Module):
         connections and to the middle block's output: a ControlNet's control (ldm
         ``ControlledUnetModel``; diffusers' ``down_block_additional_residuals`` /
         ``mid_block_additional_residual``).
+
+        ``cache``: a ``DeepCache`` of this sampling run; its partial evaluations run only the
+        shallow skip branch of ``cache.depth`` blocks on the cached deep feature (and take only
+        the residuals of those skips).
         """
         timesteps = self._check_inputs(x, timesteps, context, y)
         dtype = self.time_embed[0].weight.dtype
@@ -187,20 +193,44 @@ class UNetModel(nn.Module):
         if context is not None:
             context = context.to(dtype)
 
+        n = len(self.input_blocks)
+        k = n if cache is None else cache.depth  # input blocks (and skips) computed
+        feature = None
+        if cache is not None:
+            cache.check_depth(n)
+            key = (tuple(x.shape), dtype)
+            feature = cache.cached(key, float(timesteps.max()))
         h, hs = x.to(dtype), []
-        for block in self.input_blocks:
+        for block in self.input_blocks[: k if feature is not None else n]:
             h = block(h, emb, context)
             hs.append(h)
         if down_residuals is not None:
-            hs = add_residuals(hs, down_residuals)
-        h = self.middle_block(h, emb, context)
-        if mid_residual is not None:
-            h = add_residuals([h], [mid_residual])[0]
-        for block in self.output_blocks:
+            if len(down_residuals) != n:
+                raise ValueError(f"UNetModel: expected {n} residuals, got {len(down_residuals)}")
+            hs = add_residuals(hs, down_residuals[: len(hs)])  # a cached step: its skips only
+        if feature is None:
+            h = self.middle_block(h, emb, context)
+            if mid_residual is not None:
+                h = add_residuals([h], [mid_residual])[0]
+            h = self._decode(self.output_blocks[: n - k], h, hs, emb, context)
+            if cache is not None:
+                cache.store(key, h)
+        else:
+            h = feature
+        h = self._decode(self.output_blocks[n - k :], h, hs, emb, context)
+        return self.out(h).to(x.dtype)
+
+    @staticmethod
+    def _decode(
+        blocks: Sequence[nn.Module], h: Tensor, hs: list[Tensor], emb: Tensor,
+        context: Tensor | None,
+    ) -> Tensor:  # fmt: skip
+        """Run decoder ``blocks``, each on ``h`` joined with the last skip of ``hs`` (popped)."""
+        for block in blocks:
             h = torch.cat([h, hs.pop()], dim=1)
             # an Upsample meets the next skip: its size (odd latent sides, diffusers' upsample_size)
             h = block(h, emb, context, tuple(hs[-1].shape[2:]) if hs else None)
-        return self.out(h).to(x.dtype)
+        return h
 
     def _check_inputs(
         self, x: Tensor, timesteps: Tensor | float, context: Tensor | None, y: Tensor | None

@@ -93,6 +93,9 @@ class GenerationParameters:
     negative_aesthetic_score: float | None = None  # refiner; None: 2.5
     prediction: str | None = None  # "eps" / "v" when overriding the checkpoint's
     eta: float | None = None  # the sampler's eta (A1111 "Eta" / "Eta DDIM"); None: its default
+    cfg_cutoff: float = 0.0  # A1111 "NGMS": no unconditional pass below this sigma (0: off)
+    cache_interval: int = 1  # DeepCache: a full UNet evaluation every N-th (1: off)
+    cache_depth: int = 1  # DeepCache: UNet input blocks recomputed on the cached evaluations
     extra: dict[str, str] = field(default_factory=dict)  # other infotext keys, kept verbatim
 
 
@@ -172,6 +175,9 @@ def _fields(p: GenerationParameters) -> dict[str, object]:
         "Aesthetic score": p.aesthetic_score,
         "Negative aesthetic score": p.negative_aesthetic_score,
         "Prediction": p.prediction,
+        "NGMS": p.cfg_cutoff or None,
+        "Cache interval": p.cache_interval if p.cache_interval > 1 else None,
+        "Cache depth": p.cache_depth if p.cache_interval > 1 else None,
         **p.extra,
     }  # fmt: skip
 
@@ -228,7 +234,8 @@ _KNOWN = {"Prompt", "Negative prompt", "Steps", "Sampler", "Schedule type", "CFG
           "Hires upscale", "Hires steps", "Hires upscaler", "Hires sampler", "Hires resize",
           "Hires resize-1", "Hires resize-2", "Hires prompt", "Hires negative prompt",
           "Hires schedule type", "Refiner", "Refiner switch at", "Prediction",
-          "Aesthetic score", "Negative aesthetic score", "RNG", "Eta", "Eta DDIM"}  # fmt: skip
+          "Aesthetic score", "Negative aesthetic score", "RNG", "Eta", "Eta DDIM", "NGMS",
+          "Cache interval", "Cache depth"}  # fmt: skip
 _SIZE_KEYS = {"SDXL original size": "sdxl_original_size", "SDXL crop top left": "sdxl_crop",
               "SDXL target size": "sdxl_target_size"}  # fmt: skip
 _KNOWN |= {f"{k}{suffix}" for k in _SIZE_KEYS for suffix in ("", "-1", "-2")}
@@ -338,6 +345,9 @@ def parameters_from_infotext(text: str) -> GenerationParameters:
                                              1e6),
             prediction=prediction,
             eta=_number(d, "Eta DDIM" if "Eta DDIM" in d else "Eta", None, float, 0.0, 1e3),
+            cfg_cutoff=_number(d, "NGMS", 0.0, float, 0.0, 1e6),
+            cache_interval=_number(d, "Cache interval", 1, int, 1, 1000),
+            cache_depth=_number(d, "Cache depth", 1, int, 1, 1000),
             extra={k: v for k, v in d.items() if k not in _KNOWN or _substituted(k, d)},
         )  # fmt: skip
     except (KeyError, ValueError) as exc:

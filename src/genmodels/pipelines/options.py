@@ -14,8 +14,10 @@ import os
 from dataclasses import replace
 from typing import Any
 
+from genmodels.diffusion.guidance import cfg_cutoff_range
 from genmodels.diffusion.samplers.registry import resolve_sampler
 from genmodels.diffusion.schedules import resolve_scheduler
+from genmodels.models.feature_cache import DeepCache
 from genmodels.pipelines.hires import HiresFix
 from genmodels.pipelines.latent_diffusion import LatentDiffusionPipeline
 from genmodels.pipelines.seeds import check_seed
@@ -41,8 +43,16 @@ def check_options(
     refiner_hash: str | None = None,
     refiner_switch_at: float | None = None,
     eta: float | None = None,
+    cfg_cutoff: float = 0.0,
+    cache_interval: int = 1,
+    cache_depth: int = 1,
 ) -> dict[str, Any]:
-    """The options as ``GenerationParameters`` fields, checked."""
+    """The options as ``GenerationParameters`` fields, checked.
+
+    Training-free accelerations, off by default: ``cfg_cutoff`` (skip the unconditional pass
+    below this sigma: A1111's "NGMS"), ``cache_interval`` / ``cache_depth`` (DeepCache: a full
+    UNet evaluation every ``cache_interval``-th, the others rerun ``cache_depth`` shallow blocks
+    on cached deep features; ``models.feature_cache``)."""
     if isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or clip_skip < 1:
         raise ValueError(f"clip_skip must be an integer >= 1 (1 = last layer), got {clip_skip!r}")
     layers = min(e.config.text.num_hidden_layers for e in pipe.text_encoder.embedders)
@@ -57,6 +67,10 @@ def check_options(
         hires = _normalise_hires(hires)
     if eta is not None:
         eta = _number(eta, "eta", 0.0, 1e3)
+    cfg_cutoff_range(cfg_cutoff)  # a finite sigma >= 0
+    cache = DeepCache(cache_interval, cache_depth)  # integers >= 1
+    if cache_interval > 1:
+        cache.check_depth(len(pipe.unet.input_blocks))
     return dict(
         clip_skip=clip_skip,
         guidance_rescale=_number(guidance_rescale, "guidance_rescale", 0.0, 1.0),
@@ -65,6 +79,9 @@ def check_options(
         hires=hires,
         refiner_name=refiner_name, refiner_hash=refiner_hash, refiner_switch_at=refiner_switch_at,
         eta=eta,
+        cfg_cutoff=float(cfg_cutoff),
+        cache_interval=cache_interval,
+        cache_depth=cache_depth if cache_interval > 1 else 1,
     )  # fmt: skip
 
 

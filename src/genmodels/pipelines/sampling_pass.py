@@ -4,7 +4,8 @@ A generation is one pass (txt2img, img2img, inpaint) or several over one latent:
 then the refiner from the switch step on (one schedule, the refiner continuing the base's noise
 generators), or a first pass then a hires-fix pass at the upscaled size. ``run_pass`` wires up
 a pass: the prompt schedule's conditioning (with clip skip), classifier-free guidance with
-per-step prompts, inpainting inputs, variation noise and the NaN watch.
+per-step prompts, inpainting inputs, variation noise, the training-free accelerations (DeepCache,
+the CFG cut-off) and the NaN watch.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genmodels.diffusion.denoisers import DiscreteDenoiser
+from genmodels.diffusion.denoisers import DiscreteDenoiser, with_model
+from genmodels.diffusion.guidance import cfg_cutoff_range
 from genmodels.diffusion.noise import SeededNoiseSampler, variation_noise
 from genmodels.diffusion.samplers.registry import get_sampler
 from genmodels.diffusion.sampling import sample
+from genmodels.models.feature_cache import CachedModel, DeepCache
 from genmodels.pipelines.conditioning import SDXLSizeConditioning
 from genmodels.pipelines.controlnet import ControlUnit, apply_control
 from genmodels.pipelines.extra_networks import strip_extra_networks
@@ -144,10 +147,13 @@ def run_pass(
             pipe, images, torch.ones(shape[0], 1, *size) if mask is None else mask, shape
         )
         denoiser = _inpaint_denoiser(pipe)
+    if params.cache_interval > 1:  # DeepCache, one cache per pass (Ma et al. 2023)
+        cache = DeepCache(params.cache_interval, params.cache_depth)
+        denoiser = with_model(denoiser, CachedModel(denoiser.model, cache))
     if control:
         denoiser = apply_control(denoiser, *control)
     guided = ScheduledCFG(denoiser, cond, uncond, params.cfg_scale, params.guidance_rescale,
-                          dict(extra), start_step)  # fmt: skip
+                          dict(extra), start_step, cfg_cutoff_range(params.cfg_cutoff))  # fmt: skip
     model: Callable[..., Tensor] = guided
     keep = None
     if mask is not None and init is not None and not pipe.inpainting:

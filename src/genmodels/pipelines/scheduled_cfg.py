@@ -99,10 +99,11 @@ class ScheduledCFG(nn.Module):
         self, denoiser: Callable[..., Tensor], cond: ConditioningSchedule,
         uncond: ConditioningSchedule, scale: float, rescale: float = 0.0,
         uncond_extra: dict[str, Tensor] | None = None, start_step: int = 0,
+        sigma_range: tuple[float, float] | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
         self.denoiser, self.cond, self.uncond = denoiser, cond, uncond
-        self.scale, self.rescale = scale, rescale
+        self.scale, self.rescale, self.sigma_range = scale, rescale, sigma_range
         self.uncond_extra = uncond_extra or {}
         self.step = start_step
         self._cfg: dict[int, CFGDenoiser] = {}  # one per distinct uncond entry
@@ -113,7 +114,8 @@ class ScheduledCFG(nn.Module):
         k = schedule_index(self.uncond.schedule, self.step)
         if k not in self._cfg:
             uncond = {**self.uncond.conds[k], **self.uncond_extra}
-            self._cfg[k] = CFGDenoiser(self.denoiser, uncond, self.scale, self.rescale)
+            self._cfg[k] = CFGDenoiser(self.denoiser, uncond, self.scale, self.rescale,
+                                       self.sigma_range)  # fmt: skip
         out = self._cfg[k](x, sigma, **cond, **extra)
         self.step += 1
         return out

@@ -26,10 +26,12 @@ from genmodels.checkpoints.vae import load_frozen_vae
 from genmodels.configs.conditioning import LatentConfig, TextConfig
 from genmodels.configs.io import config_from_dict
 from genmodels.configs.unet import UNetConfig
-from genmodels.diffusion.guidance import CFGDenoiser
+from genmodels.diffusion.denoisers import with_model
+from genmodels.diffusion.guidance import CFGDenoiser, cfg_cutoff_range
 from genmodels.diffusion.objectives import ObjectiveConfig, build_denoiser, null_label
 from genmodels.diffusion.sampling import sample
 from genmodels.models.autoencoder_kl import AutoencoderKL
+from genmodels.models.feature_cache import CachedModel, DeepCache
 from genmodels.models.text.captions import CaptionEmbeddings, load_text_encoder
 from genmodels.models.unet import UNetModel
 
@@ -149,11 +151,15 @@ def sample_cond(
     seed: int = 0,
     batch_size: int = 500,
     autocast: torch.dtype | None = None,
+    cfg_cutoff: float = 0.0,
+    cache: DeepCache | None = None,
 ) -> Tensor:
     """Samples (N, C, H, W) with per-sample ``cond`` tensors (N, ...) (e.g. ``y``, ``context``).
 
     Guidance: ``CFGDenoiser`` with ``uncond`` (batch 1, broadcast) when ``guidance_scale != 1``;
-    sample i uses seed ``seed + i`` whatever the chunking.
+    below sigma ``cfg_cutoff`` the unconditional pass is skipped (A1111's "negative guidance
+    minimum sigma"). ``cache``: DeepCache feature caching in the UNet (reset for each chunk;
+    its counters add up over the chunks). Sample i uses seed ``seed + i`` whatever the chunking.
     """
     n = shape[0]
     cond = dict(cond or {})
@@ -168,10 +174,14 @@ def sample_cond(
         stop = min(n, start + batch_size)
         extra = {k: v[start:stop].to(device) for k, v in cond.items()}
         model = denoiser
+        if cache is not None:
+            cache.reset()
+            model = with_model(denoiser, CachedModel(denoiser.model, cache))
         if cond and guidance_scale != 1.0:
             model = CFGDenoiser(
-                denoiser, {k: v.to(device) for k, v in uncond.items()}, guidance_scale
-            )
+                model, {k: v.to(device) for k, v in uncond.items()}, guidance_scale,
+                sigma_range=cfg_cutoff_range(cfg_cutoff),
+            )  # fmt: skip
         with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=bool(autocast)):
             x = sample(
                 model, (stop - start, *shape[1:]), sampler=sampler, scheduler=scheduler,

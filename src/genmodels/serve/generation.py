@@ -11,8 +11,9 @@ Not implemented, and refused with a 400 when set: hires fix, face restoration, t
 variation seeds, styles, scripts and always-on extension scripts, a refiner, resize modes other
 than "just resize". Accepted and without effect: ``mask_blur`` (the mask is binarised, as
 A1111 with blur 0), ``inpainting_fill`` (the image's own latent is the start, A1111's
-"original"), ``inpaint_full_res`` (the whole image is repainted), ``eta`` and ``s_*`` (each
-sampler's defaults), ``override_settings`` other than the current checkpoint.
+"original"), ``inpaint_full_res`` (the whole image is repainted), ``eta`` and ``s_churn`` /
+``s_tmin`` / ``s_tmax`` / ``s_noise`` (each sampler's defaults), ``override_settings`` other
+than the current checkpoint. ``s_min_uncond`` is A1111's "NGMS": the CFG cut-off.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 from PIL import Image, ImageOps
 
 from genmodels import __version__
+from genmodels.diffusion.guidance import cfg_cutoff_range
 from genmodels.diffusion.samplers.registry import resolve_sampler
 from genmodels.diffusion.schedules import resolve_scheduler
 from genmodels.pipelines import generate
@@ -82,6 +84,13 @@ def _check_override(req: TextToImageRequest, model: LoadedModel) -> None:
         )
 
 
+def _cfg_cutoff(req: TextToImageRequest) -> float:
+    """A1111's ``s_min_uncond`` (NGMS): no unconditional pass below this sigma."""
+    cutoff = float(req.s_min_uncond or 0.0)
+    cfg_cutoff_range(cutoff)  # ValueError (400) unless a finite sigma >= 0
+    return cutoff
+
+
 def _sampler(req: TextToImageRequest) -> tuple[str, str]:
     """(registry sampler, registry scheduler): A1111's sampler_name (or the deprecated
     sampler_index) and scheduler; "automatic" leaves the schedule to the sampler name."""
@@ -118,6 +127,7 @@ def plan_generation(
         prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps,
         sampler=sampler, scheduler=scheduler, cfg_scale=req.cfg_scale, seed=seed,
         width=req.width, height=req.height, denoising_strength=strength,
+        cfg_cutoff=_cfg_cutoff(req),
     )  # fmt: skip
     plan = Generation(mode, req, template, return_grid=return_grid)
     if isinstance(req, ImageToImageRequest):
@@ -151,6 +161,7 @@ def _batch(ctx: TaskContext, plan: Generation, seed: int) -> list[tuple[Image.Im
         prompt=t.prompt, negative_prompt=t.negative_prompt, width=t.width, height=t.height,
         steps=t.steps, cfg_scale=t.cfg_scale, sampler=t.sampler, scheduler=t.scheduler,
         seed=seed, batch_size=req.batch_size, callback=ctx.sampler_callback,
+        cfg_cutoff=t.cfg_cutoff,
     )  # fmt: skip
     try:
         if plan.mode == "txt2img":
