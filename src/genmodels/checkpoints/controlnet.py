@@ -33,7 +33,12 @@ from genmodels.checkpoints.detect import FAMILY_NAMES
 from genmodels.checkpoints.diffusers_folder import component_weights_file, find_component_weights
 from genmodels.checkpoints.diffusers_unet import unet_config_from_diffusers
 from genmodels.checkpoints.infer import infer_unet_config
-from genmodels.checkpoints.io import CheckpointError, load_state_dict, read_json
+from genmodels.checkpoints.io import (
+    CheckpointError,
+    check_regular_file,
+    load_state_dict,
+    read_json,
+)
 from genmodels.configs.controlnet import ControlNetConfig
 from genmodels.configs.unet import UNetConfig
 from genmodels.models.family import ModelFamily
@@ -77,9 +82,10 @@ def is_controlnet(path: str | os.PathLike) -> bool:
             return cfg.is_file() and read_json(cfg).get("_class_name") == "ControlNetModel"
         if path.suffix.lower() not in (".safetensors", ".sft"):
             return False
+        check_regular_file(path)  # never open a FIFO: it would block
         with safe_open(str(path), framework="pt") as f:
             keys = set(f.keys())
-    except (OSError, ValueError, SafetensorError):
+    except (OSError, ValueError, SafetensorError, CheckpointError):
         return False
     markers = (PREFIX + _LDM_MARKER, _LDM_MARKER, _DIFFUSERS_MARKER)
     return any(m in keys for m in markers)

@@ -99,6 +99,8 @@ def _task(path: Path) -> str:
 
 def _parameters(weights: Path) -> int | None:
     """Element count from the safetensors header (no tensor data read)."""
+    if not weights.is_file():  # a FIFO would block safe_open
+        return None
     try:
         with safe_open(str(weights), framework="pt") as f:
             total = 0
