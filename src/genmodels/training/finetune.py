@@ -70,7 +70,8 @@ class FinetuneTrainer:
         self.cfg = cfg
         self.dist = dist or init_distributed(cfg.device)
         self.device = self.dist.device
-        self.run = Run(cfg, dump_config(cfg), overwrite=overwrite, dist=self.dist, fields=FIELDS)
+        self.run = Run(cfg, dump_config(cfg), overwrite=overwrite, dist=self.dist, fields=FIELDS,
+                       owned=cfg.owned)  # fmt: skip
         self.data = FinetuneData(cfg)  # bad input fails before the model is read
         torch.manual_seed(cfg.seed)  # identical adapters on every rank
         self.pipe = pipe = load_init(cfg, self.device)
@@ -185,8 +186,8 @@ class FinetuneTrainer:
         if self.cache_latents:
             key = self.latents.key(self.digests[image], self.data.bucket(image), flipped)
             found = self.latents.get(key)
-            if found is None:  # the image failed to decode while filling
-                raise OSError(f"{self.data.folder.files[image]}: no latent")
+            if found is None:  # not filled yet (or failed to decode then: raises OSError)
+                found = self.latents.put(key, *self.data.load(image, 0, flip=flipped))
             return found
         x, info = self.data.load(image, seed)  # random crop: encoded every step
         return self._encode_images(x.unsqueeze(0))[0], info

@@ -166,6 +166,12 @@ class FinetuneRunConfig(RunConfig):
     steps: int = 1000
     out_dir: str = "runs/finetune"
 
+    @property
+    def owned(self) -> tuple[str, ...]:
+        """Names a run writes in ``out_dir``; the default ``cache/`` is not one of them, so a new
+        run or ``--overwrite`` in the same folder keeps (and reuses) the cache."""
+        return ("checkpoints", "config.yaml", "log", "samples", "tensorboard", self.output.name)
+
     def check_inputs(self) -> None:
         """The settings every run needs (the defaults leave them empty): called at its start."""
         if not self.init:

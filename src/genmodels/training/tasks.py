@@ -197,4 +197,6 @@ def output_of(cfg: TaskConfig) -> tuple[str, tuple[str, ...] | None]:
     transformer shares the VQGAN's folder)."""
     if task_of(cfg) == "transformer":
         return cfg.run_dir, TRANSFORMER_OWNED
+    if task_of(cfg) == "finetune":  # its cache/ is kept
+        return cfg.out_dir, cfg.owned
     return cfg.out_dir, None
