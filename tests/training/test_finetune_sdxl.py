@@ -89,3 +89,22 @@ def test_sdxl_vector_conditioning_comes_from_each_crop(xl, tmp_path) -> None:
         torch.testing.assert_close(cond["y"][r : r + 1], want)
     trainer.fit()
     assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_lora_init_continues_a_file_and_refuses_another_family(xl, tmp_path) -> None:
+    init, _ = xl
+    images = image_folder(tmp_path / "images", [(64, 64), (64, 64)])
+    first = FinetuneTrainer(finetune_config(init, images, tmp_path / "a", steps=2))
+    first.fit()
+    lora = tmp_path / "a" / "model.safetensors"
+    again = FinetuneTrainer(finetune_config(init, images, tmp_path / "b", lora={"init": str(lora)}))
+    for name, adapter in again.lora.adapters.items():  # the fp16 file's values
+        assert torch.equal(
+            adapter.lora_up.weight, first.lora.adapters[name].lora_up.weight.half().float()
+        )
+    sd1, _ = tiny_checkpoint(tmp_path / "sd1", "sd1")
+    cfg = finetune_config(sd1, images, tmp_path / "c", lora={"init": str(lora)})
+    with pytest.raises(
+        ValueError, match=r"model\.safetensors: .* LoRA layers do not exist in this sd1"
+    ):
+        FinetuneTrainer(cfg)

@@ -38,10 +38,10 @@ from .ema import EMA
 from .finetune_cache import LatentStore, TensorCache, TextStore, file_digest, module_digest
 from .finetune_config import FinetuneRunConfig
 from .finetune_data import FinetuneData
-from .finetune_export import lora_metadata, save_full, save_kohya_lora
+from .finetune_export import lora_metadata, read_lora_file, save_full, save_kohya_lora
 from .finetune_samples import save_prompt_samples
 from .logging import FIELDS
-from .lora import build_lora_network
+from .lora import build_lora_network, load_kohya_weights
 from .optim import OptimizerStep, autocast, make_optimizer
 from .run import Run
 from .task_configs import dump_config
@@ -92,6 +92,9 @@ class FinetuneTrainer:
             self.unet.to(frozen).requires_grad_(False)
             te = pipe.text_encoder if self.train_te else None
             self.lora = build_lora_network(self.unet, te, pipe.model_type, cfg.lora).to(self.device)
+            if cfg.lora.init is not None:
+                load_kohya_weights(self.lora, read_lora_file(cfg.lora.init), cfg.lora.init,
+                                   pipe.model_type)  # fmt: skip
             self.lora.attach()
             self.trained: torch.nn.Module = self.lora
         else:

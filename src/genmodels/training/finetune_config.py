@@ -49,7 +49,8 @@ class LoRAConfig:
     LoCon adapters to the ResBlocks' and up/down samplers' convs (kohya ``conv_dim``);
     ``text_encoder``: adapters on the text encoders' attention and MLP layers too (LR
     ``text_lr``, default ``optim.lr``). ``alpha`` null: equal to the rank (scale 1).
-    ``save_dtype``: the dtype of the saved ``.safetensors``."""
+    ``save_dtype``: the dtype of the saved ``.safetensors``. ``init``: a kohya LoRA file to
+    continue training from (kohya ``network_weights``); it must fit this model and settings."""
 
     rank: int = 16
     alpha: float | None = None
@@ -60,6 +61,7 @@ class LoRAConfig:
     text_encoder: bool = False
     text_lr: float | None = None
     save_dtype: Literal["fp16", "bf16", "fp32"] = "fp16"
+    init: str | None = None
 
     def __post_init__(self) -> None:
         if self.rank < 1 or self.conv_rank < 0:

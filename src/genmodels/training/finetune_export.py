@@ -22,13 +22,13 @@ from torch import Tensor
 from genmodels.checkpoints.components import EMA_PREFIX, UNET_PREFIX
 from genmodels.checkpoints.convert import read_checkpoint, save_checkpoint
 from genmodels.checkpoints.diffusers_folder import write_diffusers_folder
-from genmodels.checkpoints.io import save_state_dict
+from genmodels.checkpoints.io import load_state_dict, save_state_dict
 
 from .finetune_config import FinetuneRunConfig
 from .lora import LoRANetwork
 
-__all__ = ["BASE_MODEL_VERSIONS", "legacy_model_hash", "lora_metadata", "save_full",
-           "save_kohya_lora"]  # fmt: skip
+__all__ = ["BASE_MODEL_VERSIONS", "legacy_model_hash", "lora_metadata", "read_lora_file",
+           "save_full", "save_kohya_lora"]  # fmt: skip
 
 # kohya's ss_base_model_version values (sd-scripts library/train_util.py)
 BASE_MODEL_VERSIONS = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl-base": "sdxl_base_v1-0",
@@ -112,6 +112,14 @@ def save_kohya_lora(path: str | os.PathLike, network: LoRANetwork, metadata: dic
         tensors[f"{name}.alpha"] = a.alpha.detach().to(target)
     save_state_dict(tensors, path, metadata)
     return Path(path)
+
+
+def read_lora_file(path: str | os.PathLike) -> dict[str, Tensor]:
+    """The tensors of a kohya LoRA file (errors name the file)."""
+    tensors = load_state_dict(path)
+    if not any(k.endswith(".lora_down.weight") for k in tensors):
+        raise ValueError(f"{path}: not a kohya LoRA file (no *.lora_down.weight tensors)")
+    return tensors
 
 
 def save_full(cfg: FinetuneRunConfig, unet_state: dict[str, Tensor], out_dir: Path) -> list[Path]:

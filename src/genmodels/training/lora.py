@@ -31,7 +31,14 @@ from genmodels.nn.updown import Downsample, Upsample
 from .finetune_config import LoRAConfig
 from .lora_names import kohya_name, kohya_text_prefixes, kohya_unet_names
 
-__all__ = ["LoRAAdapter", "LoRANetwork", "build_lora_network", "lora_delta", "unet_lora_layers"]
+__all__ = [
+    "LoRAAdapter",
+    "LoRANetwork",
+    "build_lora_network",
+    "load_kohya_weights",
+    "lora_delta",
+    "unet_lora_layers",
+]
 
 
 class LoRAAdapter(nn.Module):
@@ -197,3 +204,38 @@ def build_lora_network(unet: nn.Module, text_encoder: TextEncoder | None, family
                 if isinstance(layer, nn.Linear) and (".self_attn." in path or ".mlp." in path):
                     net.add(kohya_name(prefix, path), layer, cfg.rank, alpha, cfg.dropout)
     return net
+
+
+def _listing(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
+
+
+@torch.no_grad()
+def load_kohya_weights(net: LoRANetwork, tensors: dict[str, Tensor], source: str,
+                       family: str) -> None:  # fmt: skip
+    """Copy a kohya LoRA state dict into ``net``; a file that does not fit (a LoRA of another
+    model family, other targets or rank) is one error naming the file and the layers."""
+    layers = sorted({k.split(".", 1)[0] for k in tensors})
+    unknown = [n for n in layers if n not in net.adapters]
+    if unknown:
+        other = "SDXL" if any(n.startswith(("lora_te1_", "lora_te2_")) for n in unknown) else None
+        hint = f" (an {other} LoRA?)" if other and not family.startswith("sdxl") else ""
+        raise ValueError(f"{source}: {len(unknown)} LoRA layers do not exist in this {family} "
+                         f"model{hint}: {_listing(unknown)}")  # fmt: skip
+    missing = [n for n in net.adapters if n not in layers]
+    if missing:
+        raise ValueError(f"{source}: has no weights for {len(missing)} adapters of these "
+                         f"lora settings (targets / conv_rank / text_encoder): "
+                         f"{_listing(missing)}")  # fmt: skip
+    for name, adapter in net.adapters.items():
+        for part in ("lora_down", "lora_up"):
+            key, param = f"{name}.{part}.weight", getattr(adapter, part).weight
+            if key not in tensors or tensors[key].shape != param.shape:
+                got = tuple(tensors[key].shape) if key in tensors else None
+                raise ValueError(
+                    f"{source}: {key} has shape {got}, this model and lora.rank "
+                    f"need {tuple(param.shape)} (a LoRA of another model family?)"
+                )
+            param.copy_(tensors[key].to(param.dtype))
+        if f"{name}.alpha" in tensors:
+            adapter.alpha.copy_(tensors[f"{name}.alpha"].float())
