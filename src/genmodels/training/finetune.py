@@ -157,15 +157,24 @@ class FinetuneTrainer:
         if cache_text:
             self.text.batch(sorted(set(self.data.captions)) + [""])
 
-    def _fill_latents(self) -> None:
-        """Encode every image (both orientations with random flips) not in the cache yet."""
+    def _fill_latents(self, batch: int = 32) -> None:
+        """Encode every image (both orientations with random flips) not in the cache yet, in
+        batches of one bucket."""
+        todo: dict[tuple[int, int], list[tuple[str, Tensor, CropInfo]]] = {}
         for i in range(len(self.data)):
+            if self.data.folder.files[i] in self.data.folder.bad:
+                continue
             for flipped in (False, True) if self.cfg.data.random_flip else (False,):
-                key = self.latents.key(self.digests[i], self.data.bucket(i), flipped)
-                bad = self.data.folder.files[i] in self.data.folder.bad
-                if self.latents.get(key) is None and not bad:
-                    with contextlib.suppress(OSError):  # recorded as bad, listed at the end
-                        self.latents.put(key, *self.data.load(i, 0, flip=flipped))
+                bucket = self.data.bucket(i)
+                key = self.latents.key(self.digests[i], bucket, flipped)
+                if self.latents.get(key) is not None:
+                    continue
+                with contextlib.suppress(OSError):  # recorded as bad, listed at the end
+                    todo.setdefault(bucket, []).append((key, *self.data.load(i, 0, flip=flipped)))
+                if len(todo.get(bucket, ())) == batch:
+                    self.latents.put_many(todo.pop(bucket))
+        for items in todo.values():
+            self.latents.put_many(items)
 
     @torch.no_grad()
     def _encode_images(self, x: Tensor) -> Tensor:

@@ -105,13 +105,20 @@ class LatentStore:
 
     def put(self, key: str, image: Tensor, info: CropInfo) -> tuple[Tensor, CropInfo]:
         """Encode ``image`` (3, H, W) and store its latent under ``key``."""
-        latent = self.encode_fn(image.unsqueeze(0))[0].float().cpu()
-        self.encoded += 1
-        crop = torch.tensor([*info.original_size, *info.crop_top_left, *info.target_size,
-                             int(info.flipped)])  # fmt: skip
-        self.cache.put(key, {"latent": latent, "crop": crop})
-        self.memory[key] = latent, info
-        return latent, info
+        return self.put_many([(key, image, info)])[0]
+
+    def put_many(self, items: list[tuple[str, Tensor, CropInfo]]) -> list[tuple[Tensor, CropInfo]]:
+        """Encode images of one size in one batch and store each latent under its key."""
+        latents = self.encode_fn(torch.stack([image for _, image, _ in items])).float().cpu()
+        self.encoded += len(items)
+        out = []
+        for (key, _, info), latent in zip(items, latents):
+            crop = torch.tensor([*info.original_size, *info.crop_top_left, *info.target_size,
+                                 int(info.flipped)])  # fmt: skip
+            self.cache.put(key, {"latent": latent.clone(), "crop": crop})
+            self.memory[key] = latent, info
+            out.append((latent, info))
+        return out
 
 
 class TextStore:
