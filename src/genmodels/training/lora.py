@@ -59,15 +59,19 @@ class LoRAAdapter(nn.Module):
         nn.init.zeros_(self.lora_up.weight)
         self.rank = rank
         self.register_buffer("alpha", torch.tensor(float(alpha)))
+        self.scale = float(alpha) / rank  # a Python float: no device sync per call
+        self.register_load_state_dict_post_hook(lambda module, _: module.set_alpha(module.alpha))
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
 
-    @property
-    def scale(self) -> float:
-        return float(self.alpha) / self.rank
+    def set_alpha(self, alpha: Tensor | float) -> None:
+        with torch.no_grad():
+            self.alpha.fill_(float(alpha))
+        self.scale = float(alpha) / self.rank
 
     def forward(self, x: Tensor) -> Tensor:
-        dtype = self.lora_down.weight.dtype
-        return self.lora_up(self.lora_down(self.dropout(x.to(dtype)))) * self.scale
+        if not torch.is_autocast_enabled(x.device.type):  # a bf16 base layer, fp32 adapter
+            x = x.to(self.lora_down.weight.dtype)
+        return self.lora_up(self.lora_down(self.dropout(x))) * self.scale
 
 
 def lora_delta(adapter: LoRAAdapter) -> Tensor:
@@ -238,4 +242,4 @@ def load_kohya_weights(net: LoRANetwork, tensors: dict[str, Tensor], source: str
                 )
             param.copy_(tensors[key].to(param.dtype))
         if f"{name}.alpha" in tensors:
-            adapter.alpha.copy_(tensors[f"{name}.alpha"].float())
+            adapter.set_alpha(tensors[f"{name}.alpha"])
