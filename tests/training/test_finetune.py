@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -119,7 +120,8 @@ def test_lora_steps_reduce_the_loss_and_write_kohya_file(sd1, tmp_path) -> None:
     init, _ = sd1
     data = image_folder(tmp_path / "one", [(64, 64)], sub="5_dog")
     cfg = finetune_config(init, data, tmp_path / "run", steps=12, optim={"lr": 1e-2},
-                          data={"batch_size": 2})  # fmt: skip
+                          data={"batch_size": 2}, sample_prompts=["a cat", "a dog"],
+                          sample_every=12, sample_steps=3, guidance_scale=2.0)  # fmt: skip
     trainer = FinetuneTrainer(cfg)
     before = _fixed_loss(trainer, [0, 0])
     trainer.fit()
@@ -139,6 +141,12 @@ def test_lora_steps_reduce_the_loss_and_write_kohya_file(sd1, tmp_path) -> None:
     assert load_file(path)[keys[0]].dtype == torch.float16  # lora.save_dtype
     lora_bytes = path.stat().st_size
     assert lora_bytes < 0.5 * init.stat().st_size
+    # samples: a row per prompt, with the adapter | without it; the grid in TensorBoard too
+    grid = np.asarray(Image.open(tmp_path / "run" / "samples" / "step-00000012.png"))
+    assert grid.shape == (2 * 65 + 1, 2 * 65 + 1, 3)
+    assert np.abs(grid[1:65, 1:65].astype(int) - grid[1:65, 66:130]).max() > 10
+    events = next((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*")).read_bytes()
+    assert b"samples" in events and b"\x89PNG" in events
 
 
 def test_full_finetune_round_trips_through_from_single_file(sd1, tmp_path, images) -> None:

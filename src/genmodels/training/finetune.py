@@ -22,6 +22,7 @@ import contextlib
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch import Tensor
 
 from genmodels.data.buckets import CropInfo
@@ -331,8 +332,14 @@ class FinetuneTrainer:
         """Images of ``sample_prompts`` (with and, for LoRA, without the adapter), rank 0."""
         if not self.dist.is_main:
             return []
-        return save_prompt_samples(self.pipe, self.lora, self.cfg, self.step,
-                                   self.out_dir / "samples")  # fmt: skip
+        paths = save_prompt_samples(self.pipe, self.lora, self.cfg, self.step,
+                                    self.out_dir / "samples")  # fmt: skip
+        writer = self.run.logger.writer if self.run.logger is not None else None
+        if writer is not None:  # the same grid in TensorBoard's Images tab
+            with Image.open(paths[0]) as img:
+                width, height = img.size
+            writer.add_image("samples", paths[0].read_bytes(), height, width, self.step)
+        return paths
 
 
 def train_finetune(
