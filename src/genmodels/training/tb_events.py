@@ -3,8 +3,8 @@
 ``EventWriter`` appends TFRecord frames (length, masked CRC-32C, record, masked CRC-32C) of
 ``Event`` protobufs with scalar (and PNG image) ``Summary`` values, so ``tensorboard --logdir
 <out_dir>`` shows the curves. Each writer starts with a ``SessionLog.START`` event at step
-``start + 1``, so TensorBoard drops what an earlier (killed) run logged after the checkpoint a resumed run starts
-from. ``read_scalars`` parses such a file back (for tests and tools).
+``start + 1``, so TensorBoard drops what an earlier (killed) run logged after the checkpoint a
+resumed run starts from. ``read_scalars`` parses such a file back (for tests and tools).
 """
 
 from __future__ import annotations
