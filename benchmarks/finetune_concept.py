@@ -1,14 +1,14 @@
 """Quality bar of ``task: finetune``: teach a base model we trained a concept absent from its data.
 
-    python benchmarks/finetune_concept.py [--out runs/finetune-concept] [--base-steps 3000]
-        [--lora-steps 600] [--full-steps 600] [--per-class 20] [--concept-per-class 10] [--rank 4]
+    python benchmarks/finetune_concept.py [--out runs/finetune-concept] [--base-steps 2000]
+        [--lora-steps 400] [--full-steps 400] [--per-class 20] [--concept-per-class 10] [--rank 4]
 
-1. Data: the built-in digits (8x8) upscaled to 32x32 RGB PNGs captioned "a handwritten digit
+1. Data: the built-in digits (8x8) upscaled to 16x16 RGB PNGs captioned "a handwritten digit
    seven"; the concept set: ``--concept-per-class`` digits per class rotated 180 degrees and
    captioned "a handwritten digit seven upside down", plus as many upright ones with their plain
    captions (kohya-style regularisation images, so prompts without the trigger stay as they were).
-2. Base model, trained by us: a KL autoencoder (``task: autoencoder``, the ``tiny`` f4 preset) on
-   the upright images, then a tiny SD 1.x-architecture checkpoint (that VAE, a small UNet, a
+2. Base model, trained by us: a KL autoencoder (``task: autoencoder``, the ``tiny`` preset made
+   f2) on the upright images, then a tiny SD 1.x-architecture checkpoint (that VAE, a small UNet, a
    frozen random-weight tiny CLIP text encoder) written as an LDM single file, then trained from
    random UNet weights on the upright digits with ``task: finetune``, ``train: full``.
 3. The concept: ``task: finetune`` on the concept set, once with LoRA and once full.
@@ -52,7 +52,7 @@ from genmodels.training.lora import build_lora_network, load_kohya_weights
 from genmodels.training.tasks import build_config
 
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-SIZE = 32
+SIZE = 16  # px: the 8x8 digits upscaled 2x; an f2 VAE gives 8x8x4 latents
 UNET = UNetConfig(
     in_channels=4, out_channels=4, model_channels=64, channel_mult=(1, 2), num_res_blocks=2,
     attention_resolutions=(1, 2), num_head_channels=32, context_dim=32,
@@ -91,9 +91,10 @@ def make_data(out: Path, concept_per_class: int, seed: int) -> tuple[Path, Path]
 def base_checkpoint(out: Path, images: Path, ae_steps: int, seed: int) -> Path:
     """The VAE (trained), a random UNet and a random tiny CLIP as one SD 1.x LDM file."""
     ae = build_config("autoencoder", {
-        "model": "tiny", "data": {"dataset": "folder", "path": str(images), "size": SIZE,
-                                  "batch_size": 32}, "steps": ae_steps, "seed": seed,
-        "out_dir": str(out / "ae"), "progress": False, "log_every": 100})  # fmt: skip
+        "model": {"preset": "tiny", "ch_mult": [1, 2], "resolution": SIZE},
+        "data": {"dataset": "folder", "path": str(images), "size": SIZE, "batch_size": 32},
+        "steps": ae_steps, "seed": seed, "out_dir": str(out / "ae"), "progress": False,
+        "log_every": 100})  # fmt: skip
     train_autoencoder(ae, overwrite=True)
     vae = load_vae(out / "ae")
     torch.manual_seed(seed)
@@ -176,10 +177,10 @@ def judge(pipe: LatentDiffusionPipeline, digits: DigitsClassifier, orient: Orien
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", default="runs/finetune-concept")
-    p.add_argument("--ae-steps", type=int, default=400)
-    p.add_argument("--base-steps", type=int, default=3000)
-    p.add_argument("--lora-steps", type=int, default=600)
-    p.add_argument("--full-steps", type=int, default=600)
+    p.add_argument("--ae-steps", type=int, default=300)
+    p.add_argument("--base-steps", type=int, default=2000)
+    p.add_argument("--lora-steps", type=int, default=400)
+    p.add_argument("--full-steps", type=int, default=400)
     p.add_argument("--concept-per-class", type=int, default=10)
     p.add_argument("--per-class", type=int, default=20, help="samples per digit and prompt")
     p.add_argument("--rank", type=int, default=4, help="LoRA rank")
