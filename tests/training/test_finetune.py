@@ -268,3 +268,23 @@ def test_lora_on_two_ranks_equals_one_process(sd1, tmp_path, images) -> None:
     diff = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
     moved = max(float(a[k].float().abs().max()) for k in a if "lora_up" in k)
     assert moved > 1e-3 and diff < 0.03 * moved, (diff, moved)
+
+
+def test_config_layout(tmp_path) -> None:
+    from genmodels.training.tasks import build_config, load_config
+
+    path = tmp_path / "ft.yaml"
+    text = "task: finetune\ninit: m.safetensors\ntrain: full\ndata: {path: imgs}\n"
+    path.write_text(text + "lora: {rank: 8, conv_rank: 4}\noutput: {format: both, fp16: true}\n")
+    cfg = load_config(path, ["loss.min_snr_gamma=5"])
+    assert (cfg.train, cfg.lora.rank, cfg.output.format, cfg.loss.min_snr_gamma) == (
+        "full", 8, "both", 5.0)  # fmt: skip
+    assert "task: finetune" in dump_config(cfg) and "model:" not in dump_config(cfg)
+    with pytest.raises(ValueError, match="train: 'half' is not one of"):
+        build_config("finetune", {"train": "half"})
+    with pytest.raises(ValueError, match="train.lr: this key moved"):
+        build_config("finetune", {"train": {"lr": 1}})
+    with pytest.raises(ValueError, match="lora.targets"):
+        build_config("finetune", {"lora": {"targets": ["convs"]}})
+    with pytest.raises(ValueError, match="init: give the checkpoint"):
+        FinetuneTrainer(build_config("finetune", {"data": {"path": str(tmp_path)}}))
