@@ -1,7 +1,8 @@
 """Quality bar of ``task: finetune``: teach a base model we trained a concept absent from its data.
 
     python benchmarks/finetune_concept.py [--out runs/finetune-concept] [--base-steps 2000]
-        [--lora-steps 400] [--full-steps 400] [--per-class 20] [--concept-per-class 10] [--rank 4]
+        [--lora-steps 1000] [--full-steps 800] [--per-class 20] [--concept-per-class 10]
+        [--rank 4] [--lora-lr 2e-3] [--full-lr 3e-4] [--reuse-base]
 
 1. Data: the built-in digits (8x8) upscaled to 16x16 RGB PNGs captioned "a handwritten digit
    seven"; the concept set: ``--concept-per-class`` digits per class rotated 180 degrees and
@@ -179,21 +180,28 @@ def main() -> None:
     p.add_argument("--out", default="runs/finetune-concept")
     p.add_argument("--ae-steps", type=int, default=300)
     p.add_argument("--base-steps", type=int, default=2000)
-    p.add_argument("--lora-steps", type=int, default=400)
-    p.add_argument("--full-steps", type=int, default=400)
+    p.add_argument("--lora-steps", type=int, default=1000)
+    p.add_argument("--full-steps", type=int, default=800)
     p.add_argument("--concept-per-class", type=int, default=10)
     p.add_argument("--per-class", type=int, default=20, help="samples per digit and prompt")
     p.add_argument("--rank", type=int, default=4, help="LoRA rank")
+    p.add_argument("--lora-lr", type=float, default=2e-3)
+    p.add_argument("--full-lr", type=float, default=3e-4)
+    p.add_argument("--reuse-base", action="store_true", help="keep <out>/base if it exists")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     out, t0 = Path(args.out), time.perf_counter()
-    base_data, concept_data = make_data(out, args.concept_per_class, args.seed)
-    init = base_checkpoint(out, base_data, args.ae_steps, args.seed)
-    base, t_base = finetune(init, base_data, out / "base", "full", args.base_steps, 1e-3, args.seed)
-    lora, t_lora = finetune(base, concept_data, out / "lora", "lora", args.lora_steps, 1e-3,
-                            args.seed, args.rank)  # fmt: skip
-    full, t_full = finetune(base, concept_data, out / "full", "full", args.full_steps, 1e-4,
-                            args.seed)  # fmt: skip
+    base, t_base = out / "base" / "model.safetensors", 0.0
+    concept_data = out / "data" / "concept"
+    if not (args.reuse_base and base.is_file()):
+        base_data, concept_data = make_data(out, args.concept_per_class, args.seed)
+        init = base_checkpoint(out, base_data, args.ae_steps, args.seed)
+        base, t_base = finetune(init, base_data, out / "base", "full", args.base_steps, 1e-3,
+                                args.seed)  # fmt: skip
+    lora, t_lora = finetune(base, concept_data, out / "lora", "lora", args.lora_steps,
+                            args.lora_lr, args.seed, args.rank)  # fmt: skip
+    full, t_full = finetune(base, concept_data, out / "full", "full", args.full_steps,
+                            args.full_lr, args.seed)  # fmt: skip
     digits, orient = DigitsClassifier(size=SIZE), OrientationJudge()
     report: dict[str, object] = {
         "judges": {"digits_test_acc": digits.test_accuracy, "orientation_test_acc":
