@@ -36,6 +36,7 @@ __all__ = [
     "kohya_lookup",
     "kohya_name",
     "kohya_names",
+    "kohya_unet_names",
 ]
 
 UNET_PREFIX = "lora_unet_"
@@ -91,23 +92,29 @@ def default_unet_layout(family: ModelFamily) -> UNetLayout:
     return "ldm" if family.startswith("sdxl") else "diffusers"
 
 
+def kohya_unet_names(
+    unet: nn.Module, family: ModelFamily, unet_layout: UNetLayout | None = None
+) -> dict[str, str]:
+    """Our UNet module path -> its kohya name (``lora_unet_...``) in ``unet_layout`` (default:
+    the layout kohya sd-scripts writes for ``family``)."""
+    if (unet_layout or default_unet_layout(family)) == "diffusers":
+        return {path: kohya_name(UNET_PREFIX, diff)
+                for path, diff in _diffusers_unet_paths(unet).items()}  # fmt: skip
+    return {path: kohya_name(UNET_PREFIX, path) for path in adaptable_modules(unet)}
+
+
 def kohya_names(
     unet: nn.Module,
     text_models: Sequence[nn.Module],
     family: ModelFamily,
     unet_layout: UNetLayout | None = None,
 ) -> dict[Target, str]:
-    """Our module -> the kohya name a trainer writes for it (``lora_unet_...``, ``lora_te...``)."""
-    layout = unet_layout or default_unet_layout(family)
-    out: dict[Target, str] = {}
-    if layout == "diffusers":
-        for path, diff in _diffusers_unet_paths(unet).items():
-            out[Target("unet", 0, path)] = kohya_name(UNET_PREFIX, diff)
-    else:
-        for path in adaptable_modules(unet):
-            out[Target("unet", 0, path)] = kohya_name(UNET_PREFIX, path)
+    """Our module -> the kohya name a trainer writes for it (``lora_unet_...``, ``lora_te...``).
+    ``text_models`` may be empty (a UNet-only LoRA); otherwise one per text encoder."""
+    out = {Target("unet", 0, path): name
+           for path, name in kohya_unet_names(unet, family, unet_layout).items()}  # fmt: skip
     prefixes = KOHYA_TEXT_PREFIXES[family]
-    if len(prefixes) != len(text_models):
+    if text_models and len(prefixes) != len(text_models):
         raise ValueError(f"{family} has {len(prefixes)} text encoders, got {len(text_models)}")
     for index, (prefix, model) in enumerate(zip(prefixes, text_models)):
         for path in adaptable_modules(model):

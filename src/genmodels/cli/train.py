@@ -1,7 +1,8 @@
 """``genmodels train [CONFIG.yaml] [key=value ...] [--preset NAME] [--resume | --overwrite]``.
 
 A top-level ``task:`` key picks the training task (``diffusion``, ``autoencoder``, ``vqgan``,
-``transformer``; a preset implies its own). Every task has one layout: its ``model``, the
+``transformer``, ``finetune``: full / LoRA training of an SD checkpoint ``init``; a preset
+implies its own). Every task has one layout: its ``model``, the
 shared ``data`` / ``optim`` / ``ema`` sections, run settings (``steps``, ``precision``,
 ``out_dir``, ``ckpt_every``, ...) and its own sections; a file gives only the keys it changes.
 ``--preset`` starts from a named preset (``digits-demo``, ``autoencoder-digits`` then

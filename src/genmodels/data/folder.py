@@ -4,13 +4,18 @@
   the classes (label = index); otherwise labels are -1.
 * Captions: a sidecar ``<stem>.txt`` next to the image, or a ``metadata.jsonl`` in any folder
   with lines ``{"file_name": "a.png", "text": "..."}`` (the Hugging Face imagefolder layout).
-* Corrupt or unreadable images are skipped with a warning and counted (``skipped``): at scan
-  time (``PIL.Image.verify``) and again if decoding fails later, when the next image stands in.
+* Captions are read as UTF-8; a file that is not UTF-8 is an error naming it.
+* Corrupt or unreadable images are skipped with a warning and counted (``skipped``; the files
+  in ``bad``): at scan time (``PIL.Image.verify``) and again if decoding fails later, when the
+  next image stands in. ``sizes[i]`` is the (width, height) of ``files[i]`` read at the scan.
+* kohya-style repeat folders (``10_mychar/``: every image inside counts 10 times per epoch) are
+  parsed by ``kohya_repeats``; the fine-tuning data applies them.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import warnings
 from pathlib import Path
@@ -20,15 +25,40 @@ from torch import Tensor
 
 from .transforms import load_rgb, transform_image
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset", "kohya_repeats", "read_utf8"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+
+
+_REPEAT_FOLDER = re.compile(r"^(\d+)_(.+)$")
+
+
+def kohya_repeats(path: Path, root: Path) -> int:
+    """kohya sd-scripts' repeat count of an image: the ``N`` of the nearest enclosing folder
+    (below ``root``) named ``N_concept``; 1 when there is none."""
+    for part in reversed(path.relative_to(root).parts[:-1]):
+        match = _REPEAT_FOLDER.match(part)
+        if match:
+            return max(1, int(match.group(1)))
+    return 1
+
+
+def read_utf8(path: Path) -> str:
+    """A text file as UTF-8; anything else is one clear error naming the file."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save the caption as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
 
 def _read_metadata(root: Path) -> dict[Path, str]:
     captions: dict[Path, str] = {}
     for meta in sorted(root.rglob("metadata.jsonl")):
-        for n, line in enumerate(meta.read_text().splitlines(), 1):
+        for n, line in enumerate(read_utf8(meta).splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -60,7 +90,9 @@ class ImageFolderDataset:
         )
         self.bad: set[Path] = set()  # files that could not be read, each counted once
         self._lock = threading.Lock()  # the trainer decodes in a thread pool
-        self.files = [p for p in files if self._verify(p)]
+        sizes = {p: self._verify(p) for p in files}
+        self.files = [p for p in files if sizes[p] is not None]
+        self.sizes: list[tuple[int, int]] = [sizes[p] for p in self.files]
         if not self.files:
             raise ValueError(f"no readable images ({', '.join(IMAGE_EXTENSIONS)}) in {self.root}")
         top = [p.relative_to(self.root).parts for p in self.files]
@@ -73,14 +105,16 @@ class ImageFolderDataset:
         meta = _read_metadata(self.root)
         self.captions = [self._caption(p, meta) for p in self.files]
 
-    def _verify(self, path: Path) -> bool:
+    def _verify(self, path: Path) -> tuple[int, int] | None:
+        """(width, height) of a readable image; None (skipped and counted) otherwise."""
         try:
             with Image.open(path) as img:
+                size = img.size
                 img.verify()
-            return True
+            return size
         except Exception as exc:  # PIL raises many types for broken files
             self._skip(path, exc)
-            return False
+            return None
 
     @property
     def skipped(self) -> int:
@@ -98,7 +132,7 @@ class ImageFolderDataset:
     def _caption(path: Path, meta: dict[Path, str]) -> str:
         sidecar = path.with_suffix(".txt")
         if sidecar.is_file():
-            return sidecar.read_text().strip()
+            return read_utf8(sidecar).strip()
         return meta.get(path.resolve(), "")
 
     def __len__(self) -> int:

@@ -51,6 +51,7 @@ RESUMABLE_CHANGES = (
     "steps", "log_every", "ckpt_every", "ckpt_minutes", "keep_last", "sample_every",
     "progress", "device", "out_dir", "data.num_workers", "data.path", "latent.cache_path",
     "latent.vae_path", "text.path", "vqgan_dir", "cond_vqgan_dir",
+    "cache.dir", "output.format", "output.weights", "output.fp16", "sample_prompts",
 )  # fmt: skip
 
 

@@ -24,6 +24,7 @@ from genmodels.models.permuters import PERMUTERS
 
 from .autoencoder_loss import AutoencoderLossConfig
 from .config import DataConfig, EMAConfig, OptimConfig, RunConfig
+from .finetune_config import FinetuneRunConfig
 from .regularizers import RegularizerConfig
 
 __all__ = [
@@ -257,12 +258,16 @@ class TransformerRunConfig(RunConfig):
         return self.out_dir if self.out_dir is not None else self.vqgan_dir
 
 
-TaskConfig = DiffusionRunConfig | AutoencoderRunConfig | VQGANRunConfig | TransformerRunConfig
+TaskConfig = (
+    DiffusionRunConfig | AutoencoderRunConfig | VQGANRunConfig | TransformerRunConfig
+    | FinetuneRunConfig
+)  # fmt: skip
 CONFIG_CLASSES: dict[str, type] = {
     "diffusion": DiffusionRunConfig,
     "autoencoder": AutoencoderRunConfig,
     "vqgan": VQGANRunConfig,
     "transformer": TransformerRunConfig,
+    "finetune": FinetuneRunConfig,
 }
 
 
@@ -277,7 +282,8 @@ def task_of(cfg: Any) -> str:
 def dump_config(cfg: TaskConfig, path: str | Path | None = None) -> str:
     """YAML text of ``cfg``: ``task:`` and ``model:`` first (written atomically to ``path``)."""
     data = config_to_dict(cfg)
-    ordered = {"task": task_of(cfg), "model": data.pop("model")} | data
+    model = {"model": data.pop("model")} if "model" in data else {}  # finetune: from ``init``
+    ordered = {"task": task_of(cfg)} | model | data
     text = yaml.safe_dump(ordered, sort_keys=False)
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

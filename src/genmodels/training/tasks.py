@@ -32,6 +32,7 @@ from genmodels.configs.vqgan import get_vqgan_config
 
 from .autoencoder import train_autoencoder
 from .diffusion import train_diffusion
+from .finetune import train_finetune
 from .presets import PRESETS
 from .task_configs import CONFIG_CLASSES, TaskConfig, task_of
 from .transformer import OWNED as TRANSFORMER_OWNED
@@ -64,6 +65,7 @@ TASKS: dict[str, Task] = {
     "vqgan": Task(CONFIG_CLASSES["vqgan"], train_vqgan,
                   lambda name: get_vqgan_config(name).to_dict()),
     "transformer": Task(CONFIG_CLASSES["transformer"], train_transformer),
+    "finetune": Task(CONFIG_CLASSES["finetune"], train_finetune),
 }  # fmt: skip
 
 # keys of the per-task layouts before the one layout (dotted prefixes) -> their new place
@@ -91,6 +93,8 @@ def _leaves(data: dict[str, Any], prefix: str = "") -> list[str]:
 def _check_moved(data: dict[str, Any], where: str) -> None:
     """Refuse a key of the older layouts, naming the key that replaced it."""
     for key in _leaves(data):
+        if key == "train" and isinstance(data.get("train"), str):  # finetune's train: full|lora
+            continue
         old = max((o for o in _MOVED if key == o or key.startswith(o + ".")), key=len, default=None)
         if old is not None:
             new = _MOVED[old]
@@ -193,4 +197,6 @@ def output_of(cfg: TaskConfig) -> tuple[str, tuple[str, ...] | None]:
     transformer shares the VQGAN's folder)."""
     if task_of(cfg) == "transformer":
         return cfg.run_dir, TRANSFORMER_OWNED
+    if task_of(cfg) == "finetune":  # its cache/ is kept
+        return cfg.out_dir, cfg.owned
     return cfg.out_dir, None

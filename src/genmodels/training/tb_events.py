@@ -1,10 +1,10 @@
 """TensorBoard event files, written and read without ``tensorboard`` or TensorFlow installed.
 
 ``EventWriter`` appends TFRecord frames (length, masked CRC-32C, record, masked CRC-32C) of
-``Event`` protobufs with scalar ``Summary`` values, so ``tensorboard --logdir <out_dir>`` shows
-the curves. Each writer starts with a ``SessionLog.START`` event at step ``start + 1``, so
-TensorBoard drops what an earlier (killed) run logged after the checkpoint a resumed run starts
-from. ``read_scalars`` parses such a file back (for tests and tools).
+``Event`` protobufs with scalar (and PNG image) ``Summary`` values, so ``tensorboard --logdir
+<out_dir>`` shows the curves. Each writer starts with a ``SessionLog.START`` event at step
+``start + 1``, so TensorBoard drops what an earlier (killed) run logged after the checkpoint a
+resumed run starts from. ``read_scalars`` parses such a file back (for tests and tools).
 """
 
 from __future__ import annotations
@@ -102,6 +102,16 @@ class EventWriter:
 
     def add_scalars(self, scalars: dict[str, float], step: int) -> None:
         self._write(_event(step, scalars={k: float(v) for k, v in scalars.items()}))
+        self._file.flush()
+
+    def add_image(self, tag: str, png: bytes, height: int, width: int, step: int) -> None:
+        """An image summary: ``Summary.Value`` tag (1), image (4: ``Summary.Image`` height (1),
+        width (2), colorspace (3; 3 = RGB), encoded_image_string (4, PNG bytes))."""
+        image = (b"\x08" + _varint(height) + b"\x10" + _varint(width) + b"\x18\x03"
+                 + _field_bytes(4, png))  # fmt: skip
+        value = _field_bytes(1, tag.encode()) + _field_bytes(4, image)
+        msg = b"\x09" + struct.pack("<d", time.time()) + b"\x10" + _varint(step)
+        self._write(msg + _field_bytes(5, _field_bytes(1, value)))
         self._file.flush()
 
     def close(self) -> None:
