@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import queue as queue_module
 import resource
 import statistics
 import time
@@ -169,7 +170,15 @@ def measure(impl: str, setting: tuple, steps: int, device: str) -> tuple[float, 
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(impl, setting, steps, device, queue))
     proc.start()
-    result = queue.get()
+    while True:  # a child killed for memory (OOM) reports nothing: NaN, not a hang
+        try:
+            result = queue.get(timeout=5)
+            break
+        except queue_module.Empty:
+            if not proc.is_alive():
+                print(f"  ({impl} {setting}: the child died, exit code {proc.exitcode})")
+                result = (float("nan"), float("nan"))
+                break
     proc.join()
     return result
 
