@@ -158,8 +158,7 @@ class LoraStack:
         current = module.weight.data
         tensors = {k: v.to(current.device) for k, v in tensors.items()}
         # float32 W + weight * delta, rounded once to the weight's dtype
-        new = layer_delta(tensors, current.shape, alpha, name, weight).add_(current)
-        new = new.to(current.dtype)
+        new = layer_delta(tensors, current.shape, alpha, name, weight, base=current)
         self._originals.setdefault(id(module), (module, current))
         module.weight.data = new
 
