@@ -7,11 +7,10 @@ exactly (kohya ``LoRAModule``, peft ``LoraLayer``). For a Conv2d, ``down`` is a 
 layer's kernel / stride / padding and ``up`` a 1x1 conv.
 
 The adapters live in their own module (``LoRANetwork``, a ``ModuleDict`` keyed by the kohya
-name of each layer, from ``adapters.kohya_names``, the names generation-side LoRA loading reads)
-and are attached with forward hooks, so the base
-model's parameter names, its state dict and its checkpoints are untouched; ``enabled = False``
-turns them off (samples without the adapter), ``merged_weights`` gives W + delta for export and
-parity checks.
+name of each layer, from ``adapters.kohya_names``, the table generation-side LoRA loading reads)
+and are attached with forward hooks, so the base model's parameter names, its state dict and
+its checkpoints are untouched; ``enabled = False`` turns them off (samples without the
+adapter), ``merged_weights`` gives W + delta for export and parity checks.
 """
 
 from __future__ import annotations
