@@ -83,9 +83,9 @@ def job_ours(folder: Path, steps: int, size: int, options: dict[str, str]) -> di
     pipe.unet.to(memory_format=torch.channels_last)
     pipe.vae.to(memory_format=torch.channels_last)
     t1 = time.perf_counter()
-    pipe.txt2img(PROMPT, negative_prompt=NEGATIVE, width=size, height=size, steps=steps, cfg_scale=CFG,
-                 sampler="euler", seed=0, cache_interval=interval, cache_depth=depth,
-                 cfg_cutoff=cutoff)  # fmt: skip
+    pipe.txt2img(PROMPT, negative_prompt=NEGATIVE, width=size, height=size, steps=steps,
+                 cfg_scale=CFG, sampler="euler", seed=0, cache_interval=interval,
+                 cache_depth=depth, cfg_cutoff=cutoff)  # fmt: skip
     return {"load_s": t1 - t0, "job_s": time.perf_counter() - t1}
 
 

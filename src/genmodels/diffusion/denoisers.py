@@ -25,7 +25,8 @@ from torch import Tensor, nn
 from .schedules import shift_flow_t
 
 __all__ = [
-    "Denoiser", "DiscreteDenoiser", "FlowDenoiser", "KarrasDenoiser", "append_dims", "with_model",
+    "Denoiser", "DiscreteDenoiser", "FlowDenoiser", "KarrasDenoiser", "WrappedDenoiser",
+    "append_dims", "with_model",
 ]  # fmt: skip
 
 PREDICTIONS = ("eps", "v", "x0")
@@ -246,3 +247,31 @@ class FlowDenoiser(nn.Module):
         x_t = x * one_minus_t
         v = self.model(x_t, t * self.multiplier, **cond)
         return x_t - append_dims(t, x.ndim) * v
+
+
+class WrappedDenoiser(nn.Module):
+    """Base of a denoiser that wraps another one (``self.denoiser``: guidance, ControlNet
+    schedules): the noise schedule (sigma range, discrete sigmas, sigma <-> t) is the inner
+    one's, so samplers and schedules read it through any stack of wrappers."""
+
+    def __init__(self, denoiser: Any) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+
+    @property
+    def sigma_min(self) -> float:
+        return self.denoiser.sigma_min
+
+    @property
+    def sigma_max(self) -> float:
+        return self.denoiser.sigma_max
+
+    @property
+    def sigmas(self) -> Tensor | None:
+        return getattr(self.denoiser, "sigmas", None)
+
+    def sigma_to_t(self, sigma: Tensor) -> Tensor:
+        return self.denoiser.sigma_to_t(sigma)
+
+    def t_to_sigma(self, t: Tensor) -> Tensor:
+        return self.denoiser.t_to_sigma(t)

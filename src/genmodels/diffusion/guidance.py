@@ -22,9 +22,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from .denoisers import append_dims
+from .denoisers import WrappedDenoiser, append_dims
 
 __all__ = ["CFGDenoiser", "cfg_cutoff_range", "concat_cond", "rescale_guidance"]
 
@@ -89,7 +89,7 @@ def cfg_cutoff_range(cutoff: float) -> tuple[float, float] | None:
     return (cutoff, math.inf) if cutoff > 0 else None
 
 
-class CFGDenoiser(nn.Module):
+class CFGDenoiser(WrappedDenoiser):
     """Classifier-free guidance around a denoiser; returns a denoiser."""
 
     def __init__(
@@ -100,37 +100,17 @@ class CFGDenoiser(nn.Module):
         rescale: float = 0.0,
         sigma_range: tuple[float, float] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(denoiser)
         if not callable(scale) and float(scale) < 0:
             raise ValueError(f"guidance scale must be >= 0, got {scale}")
         if not 0.0 <= rescale <= 1.0:
             raise ValueError(f"guidance rescale phi must be in [0, 1], got {rescale}")
         if sigma_range is not None and not (0 <= sigma_range[0] <= sigma_range[1]):
             raise ValueError(f"sigma_range must be (lo, hi) with 0 <= lo <= hi, got {sigma_range}")
-        self.denoiser = denoiser
         self.uncond = dict(uncond)
         self.scale = scale
         self.rescale = rescale
         self.sigma_range = sigma_range
-
-    # schedules read the noise range of whatever denoiser they are given
-    @property
-    def sigma_min(self) -> float:
-        return self.denoiser.sigma_min
-
-    @property
-    def sigma_max(self) -> float:
-        return self.denoiser.sigma_max
-
-    @property
-    def sigmas(self) -> Tensor | None:
-        return getattr(self.denoiser, "sigmas", None)
-
-    def sigma_to_t(self, sigma: Tensor) -> Tensor:
-        return self.denoiser.sigma_to_t(sigma)
-
-    def t_to_sigma(self, t: Tensor) -> Tensor:
-        return self.denoiser.t_to_sigma(t)
 
     def scale_at(self, sigma: float) -> float:
         """The guidance scale used at noise level sigma."""

@@ -33,12 +33,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch import Tensor, nn
+from torch import Tensor
 
 from genmodels.checkpoints.controlnet import check_controlnet_fits, read_controlnet
 from genmodels.checkpoints.io import CheckpointError
 from genmodels.checkpoints.strict import strict_problems
-from genmodels.diffusion.denoisers import DiscreteDenoiser
+from genmodels.diffusion.denoisers import DiscreteDenoiser, WrappedDenoiser
 from genmodels.models.controlnet import ControlledUNet, ControlNetModel
 from genmodels.models.family import ModelFamily
 from genmodels.pipelines.controlnet_infotext import legacy_model_hash
@@ -188,35 +188,16 @@ def step_index(sigmas: Tensor, sigma: float) -> int:
     return min(max(above - 1, 0), len(sigmas) - 2)
 
 
-class ControlSchedule(nn.Module):
+class ControlSchedule(WrappedDenoiser):
     """Denoiser wrapper giving each unit its weight at the current step (0 outside [start, end])
     as ``control_weights`` to the denoiser over a ``ControlledUNet``."""
 
     def __init__(
         self, denoiser: Callable[..., Tensor], units: Sequence[ControlUnit], sigmas: Tensor
     ) -> None:
-        super().__init__()
-        self.denoiser = denoiser
+        super().__init__(denoiser)
         self.units = list(units)
         self.step_sigmas = sigmas.detach().float().cpu()
-
-    @property
-    def sigma_min(self) -> float:
-        return self.denoiser.sigma_min
-
-    @property
-    def sigma_max(self) -> float:
-        return self.denoiser.sigma_max
-
-    @property
-    def sigmas(self) -> Tensor | None:
-        return getattr(self.denoiser, "sigmas", None)
-
-    def sigma_to_t(self, sigma: Tensor) -> Tensor:
-        return self.denoiser.sigma_to_t(sigma)
-
-    def t_to_sigma(self, t: Tensor) -> Tensor:
-        return self.denoiser.t_to_sigma(t)
 
     def weights_at(self, sigma: float) -> list[float]:
         steps = len(self.step_sigmas) - 1

@@ -22,8 +22,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from genmodels.diffusion.denoisers import WrappedDenoiser
 from genmodels.diffusion.guidance import CFGDenoiser
 from genmodels.diffusion.samplers.registry import SAMPLER_INFO, resolve_sampler
 from genmodels.models.family import ModelFamily
@@ -87,7 +88,7 @@ def schedule_conditioning(
     )
 
 
-class ScheduledCFG(nn.Module):
+class ScheduledCFG(WrappedDenoiser):
     """CFG (``CFGDenoiser``) whose cond / uncond are those of the current step of the schedule.
 
     Called as a denoiser with the per-run keyword arguments (``c_concat`` of inpainting models);
@@ -101,8 +102,8 @@ class ScheduledCFG(nn.Module):
         uncond_extra: dict[str, Tensor] | None = None, start_step: int = 0,
         sigma_range: tuple[float, float] | None = None,
     ) -> None:  # fmt: skip
-        super().__init__()
-        self.denoiser, self.cond, self.uncond = denoiser, cond, uncond
+        super().__init__(denoiser)
+        self.cond, self.uncond = cond, uncond
         self.scale, self.rescale, self.sigma_range = scale, rescale, sigma_range
         self.uncond_extra = uncond_extra or {}
         self.step = start_step
