@@ -15,29 +15,16 @@ latents; then the timings.
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+from unet_speed import interleaved_best
 
 from genmodels.configs.controlnet import ControlNetConfig
 from genmodels.configs.unet import get_unet_config
 from genmodels.models.controlnet import ControlledUNet, ControlNetModel
 from genmodels.models.unet import UNetModel
 from genmodels.pipelines.devices import cpu_supports_bf16
-
-
-def _best(fns: list[Callable[[], object]], steps: int) -> list[float]:
-    for fn in fns:
-        fn()
-    best = [float("inf")] * len(fns)
-    for _ in range(steps):
-        for i, fn in enumerate(fns):
-            start = time.perf_counter()
-            fn()
-            best[i] = min(best[i], time.perf_counter() - start)
-    return best
 
 
 def _random(factory, config, dtype: torch.dtype) -> torch.nn.Module:
@@ -99,7 +86,7 @@ def main() -> None:
     one = ControlledUNet(unet, [cn], [hint])
     two = ControlledUNet(unet, [cn, cn], [hint, hint])
     with torch.no_grad():
-        times = _best(
+        times = interleaved_best(
             [
                 lambda: unet(x, t, context=context),
                 lambda: one(x, t, [1.0], context=context),

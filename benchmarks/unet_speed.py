@@ -26,7 +26,7 @@ from genmodels.models.unet import UNetModel
 from genmodels.nn.fast import set_fast_paths
 
 
-def _interleaved(fns: list[Callable[[], object]], steps: int) -> list[float]:
+def interleaved_best(fns: list[Callable[[], object]], steps: int) -> list[float]:
     """Best-of-``steps`` seconds per call for each fn, timed round-robin after one warm-up."""
     for fn in fns:
         fn()  # warm-up (oneDNN primitive creation, allocator)
@@ -42,7 +42,7 @@ def _interleaved(fns: list[Callable[[], object]], steps: int) -> list[float]:
 def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 3) -> float:
     """GFLOP/s of an n^3 matmul in ``dtype`` (the floor's yardstick), best of ``reps``."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    (s,) = _interleaved([lambda: a @ b], reps)
+    (s,) = interleaved_best([lambda: a @ b], reps)
     return 2 * n**3 / s / 1e9
 
 
@@ -93,7 +93,7 @@ def main() -> None:
         with torch.inference_mode():
             a, b = ours(xi, t, ci).float(), ref(xi, t, ci).sample.float()
             rel = ((a - b).norm() / b.norm()).item()
-            s_ours, s_ref = _interleaved(
+            s_ours, s_ref = interleaved_best(
                 [lambda xi=xi, ci=ci: ours(xi, t, ci), lambda xi=xi, ci=ci: ref(xi, t, ci)],
                 args.steps,
             )
@@ -111,7 +111,7 @@ def main() -> None:
         ours(xi, t, ctx.to(torch.bfloat16))
     gflop = counter.get_total_flops() / 1e9
     gflops = matmul_gflops(torch.bfloat16)
-    (s_ours,) = _interleaved([lambda: ours(xi, t, ctx.to(torch.bfloat16))], 1)
+    (s_ours,) = interleaved_best([lambda: ours(xi, t, ctx.to(torch.bfloat16))], 1)
     floor = gflop / gflops
     print(
         f"bf16 step: {gflop:.0f} GFLOP; 2048^3 bf16 matmul {gflops:.0f} GFLOP/s -> floor "
