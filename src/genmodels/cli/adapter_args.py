@@ -27,16 +27,36 @@ from genmodels.pipelines.extra_networks import (
     used_embeddings,
 )
 
-__all__ = ["AdapterPlan", "add_adapter_arguments", "apply_adapters", "plan_adapters"]
+__all__ = [
+    "AdapterPlan", "add_adapter_arguments", "add_adapter_folder_arguments", "apply_adapters",
+    "plan_adapters",
+]  # fmt: skip
 
 
 def add_adapter_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora", action="append", default=[], metavar="PATH[:WEIGHT]",
                    help="apply a LoRA / LyCORIS file (repeatable; weight default 1)")  # fmt: skip
-    p.add_argument("--lora-dir", action="append", default=[], type=Path, metavar="DIR",
-                   help="folder where <lora:NAME:WEIGHT> prompt tags are looked up")  # fmt: skip
-    p.add_argument("--embeddings-dir", action="append", default=[], type=Path, metavar="DIR",
-                   help="folder of textual-inversion embeddings (used by file name)")  # fmt: skip
+    add_adapter_folder_arguments(p)
+
+
+def add_adapter_folder_arguments(p: argparse.ArgumentParser) -> None:
+    """``--lora-dir`` and ``--embeddings-dir`` (generation commands and ``genmodels serve``)."""
+    p.add_argument(
+        "--lora-dir",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="DIR",
+        help="folder where <lora:NAME:WEIGHT> prompt tags are looked up (repeatable)",
+    )
+    p.add_argument(
+        "--embeddings-dir",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="DIR",
+        help="folder of textual-inversion embeddings, used by file name (repeatable)",
+    )
 
 
 def _lora_arg(text: str) -> tuple[Path, float]:

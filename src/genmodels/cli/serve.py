@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from genmodels.cli.adapter_args import add_adapter_folder_arguments
 from genmodels.pipelines.limits import NO_LIMITS, GenerationLimits
 from genmodels.pipelines.outputs import check_outdir
 
@@ -29,22 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="folder of more checkpoints to switch to (sd_model_checkpoint)",
     )
     p.add_argument("--vae", type=Path, help="separate VAE file or folder")
-    p.add_argument(
-        "--lora-dir",
-        action="append",
-        default=[],
-        type=Path,
-        metavar="DIR",
-        help="folder of LoRA files for <lora:NAME:WEIGHT> prompt tags (repeatable)",
-    )
-    p.add_argument(
-        "--embeddings-dir",
-        action="append",
-        default=[],
-        type=Path,
-        metavar="DIR",
-        help="folder of textual-inversion embeddings, used by file name",
-    )
+    add_adapter_folder_arguments(p)
     p.add_argument(
         "--host",
         default="127.0.0.1",
