@@ -74,11 +74,13 @@ def run(args: argparse.Namespace) -> int:
     if not args.overwrite and os.environ.get("RANK", "0") == "0":  # before any work (rank 0;
         # checked again under the run's lock when training starts)
         check_fresh(out_dir, args.resume, False, owned)
+    finished = False
     try:
         out = TASKS[task].train(cfg, overwrite=args.overwrite, resume=args.resume)
+        finished = True
     except TrainingStopped:  # Ctrl-C / SIGTERM: the checkpoint and its line are written
         return 130
     finally:
-        shutdown()
+        shutdown(finished)
     print(f"wrote {out}")
     return 0

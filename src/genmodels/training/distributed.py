@@ -78,8 +78,15 @@ def all_reduce_mean(value: Tensor, info: DistInfo) -> Tensor:
     return value
 
 
-def shutdown() -> None:
+def shutdown(finished: bool = False) -> None:
+    """Leave the process group. After a run every rank ``finished``, first wait for the others
+    (a barrier): a rank that tears down its gloo connections while a peer still works on the
+    last step (rank 0 writes the final files) made the peer abort now and then ("terminate
+    called without an active exception", SIGABRT). After an error no barrier: a dead peer would
+    never arrive."""
     if dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 
